@@ -1,0 +1,130 @@
+"""Reading real all-atom structures, featurizing them for the model, and splitting by protein."""
+
+from __future__ import annotations
+
+import zlib
+
+VALIDATION_FRACTION_PERCENT = 10
+
+
+def is_validation_cluster(cluster: str) -> bool:
+    """Deterministic validation split by sequence cluster (30 % identity), never by chain or frame."""
+    return zlib.crc32(cluster.encode()) % 100 < VALIDATION_FRACTION_PERCENT
+
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import residues as rc
+
+
+def data_dir(path: str | None = None) -> str:
+    """The training-data folder: ``path``, else ``$OPENMM_LDB_DATA``, else ``../shared/data``."""
+    path = path or os.environ.get("OPENMM_LDB_DATA") or os.path.join(os.getcwd(), "..", "shared", "data")
+    if not os.path.exists(os.path.join(path, "train.tsv")):
+        raise FileNotFoundError(f"no train.tsv in {path!r}: pass the data folder or set OPENMM_LDB_DATA")
+    return path
+
+
+@dataclass
+class Chain:
+    """One protein chain in slot layout (Å).  ``xyz`` is [frames, N, NUM_SLOTS, 3]."""
+
+    name: str
+    restype: np.ndarray      # [N] int
+    segment: np.ndarray      # [N] int, new id after every chain break
+    xyz: np.ndarray          # [F, N, S, 3] float32, zeros where missing
+    present: np.ndarray      # [N, S] float32, 1 where the file has the atom
+    cluster: str = ""
+
+
+_SLOT_INDEX = {r: {n: i for i, n in enumerate(rc.slot_names(r)) if n} for r in rc.RESTYPES_3}
+# Non-standard residues that are the same side chain with one atom renamed.
+_MODIFIED = {"MSE": ("MET", {"SE": "SD"})}
+
+
+def chain_from_mdtraj(traj, chain_index: int | None = None, name: str = "", skipped: Counter | None = None,
+                      heavy_only: bool = True) -> Chain | None:
+    """Convert (one chain of) an mdtraj trajectory into a :class:`Chain`.
+
+    Non-standard residues (other than MSE) are removed and leave a segment break; residues
+    missing any backbone heavy atom are removed likewise.  Reasons are counted in ``skipped``.
+    """
+    skipped = skipped if skipped is not None else Counter()
+    top = traj.topology
+    residues = [r for r in top.residues if r.is_protein and (chain_index is None or r.chain.index == chain_index)]
+    restype, slots_of, keep_break = [], [], []
+    brk = False
+    for res in residues:
+        rname, rename = res.name, {}
+        if rname in _MODIFIED:
+            rname, rename = _MODIFIED[rname]
+        try:
+            rname = rc.canonical_residue_name(rname)
+        except KeyError:
+            skipped["nonstandard_residue"] += 1
+            brk = True
+            continue
+        index = _SLOT_INDEX[rname]
+        atom_slots = {}
+        for atom in res.atoms:
+            aname = rc.canonical_atom_name(rname, rename.get(atom.name, atom.name))
+            if heavy_only and atom.element is not None and atom.element.symbol == "H":
+                continue
+            if aname in index and index[aname] < rc.NUM_HEAVY_SLOTS:
+                atom_slots[index[aname]] = atom.index
+        if any(s not in atom_slots for s in range(4)):
+            skipped["missing_backbone_atom"] += 1
+            brk = True
+            continue
+        n_heavy = len(rc.BACKBONE_ATOMS) + len(rc.SIDECHAIN_ATOMS[rname])
+        if len(atom_slots) < n_heavy:
+            skipped["residue_missing_sidechain_atoms"] += 1
+        restype.append(rc.RESTYPE_INDEX[rname])
+        slots_of.append(atom_slots)
+        keep_break.append(brk)
+        brk = False
+    if len(restype) < 2:
+        skipped["too_short"] += 1
+        return None
+    nres = len(restype)
+    xyz = np.zeros((traj.n_frames, nres, rc.NUM_SLOTS, 3), dtype=np.float32)
+    present = np.zeros((nres, rc.NUM_SLOTS), dtype=np.float32)
+    for i, atom_slots in enumerate(slots_of):
+        for s, a in atom_slots.items():
+            xyz[:, i, s] = traj.xyz[:, a] * 10.0  # nm -> Å
+            present[i, s] = 1.0
+    ca = xyz[0, :, 1]
+    gap = np.linalg.norm(ca[1:] - ca[:-1], axis=-1) > rc.CHAIN_BREAK_CA_CA
+    breaks = np.concatenate([[False], gap | np.array(keep_break[1:])])
+    segment = np.cumsum(breaks).astype(np.int64)
+    return Chain(name=name, restype=np.array(restype, dtype=np.int64), segment=segment, xyz=xyz, present=present)
+
+
+def read_chain(path: str, chain_id: str, skipped: Counter | None = None) -> Chain | None:
+    """Read one chain (by PDB chain id) of a structure file with mdtraj."""
+    import mdtraj
+
+    traj = mdtraj.load(path) if not path.endswith(".pdb.gz") else mdtraj.load_pdb(path)
+    chains = [c for c in traj.topology.chains if getattr(c, "chain_id", None) == chain_id]
+    if not chains:
+        chains = [c for c in traj.topology.chains if c.index == 0] if chain_id in ("", None) else []
+    if not chains:
+        if skipped is not None:
+            skipped["chain_not_found"] += 1
+        return None
+    return chain_from_mdtraj(traj, chains[0].index, name=f"{os.path.basename(path)}:{chain_id}", skipped=skipped)
+
+
+def list_chains(path: str | None = None) -> list[dict]:
+    """Rows of ``train.tsv`` with absolute file paths and a ``split`` field ('train'/'val')."""
+    root = data_dir(path)
+    rows = list(csv.DictReader(open(os.path.join(root, "train.tsv")), delimiter="\t"))
+    for r in rows:
+        r["path"] = os.path.join(root, "structures", r["file"])
+        r["split"] = "val" if is_validation_cluster(r["cluster30"]) else "train"
+    return rows

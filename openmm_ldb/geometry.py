@@ -1,0 +1,381 @@
+"""Batched, TorchScript-compatible protein geometry (plain Å tensors).
+
+The all-atom builder used by the model lives here:
+
+* the backbone is a chain of rigid, planar peptide units CA(i)-C(i)-O(i)-N(i+1)-H(i+1)-CA(i+1)
+  hung between consecutive Cα atoms; each unit has one degree of freedom, its rotation
+  about the Cα–Cα axis, so bond lengths and the peptide plane are ideal by construction and
+  the given Cα never move;
+* chain termini get the missing N (from psi) or C, O, OXT (from phi, psi);
+* side chains and hydrogens follow a z-matrix (NeRF placement) with ideal bonds and angles
+  and chi torsions.
+
+Chemistry enters only through the tables built by :class:`GeometryTables` from
+:mod:`openmm_ldb.residues`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Tuple
+
+import torch
+
+from . import residues as rc
+
+# Indices into the per-residue angle vector the model predicts.
+ANGLE_NAMES = ["peptide", "psi_nterm", "phi_cterm", "psi_cterm", "chi1", "chi2", "chi3", "chi4"]
+NUM_ANGLES = len(ANGLE_NAMES)
+PEPTIDE, PSI_NTERM, PHI_CTERM, PSI_CTERM, CHI0 = 0, 1, 2, 3, 4
+
+N_SLOT, CA_SLOT, C_SLOT, O_SLOT = 0, 1, 2, 3
+
+
+def normalize(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return v / torch.sqrt((v * v).sum(-1, keepdim=True) + eps)
+
+
+def dihedral(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Dihedral angle a-b-c-d in radians, in (-pi, pi]."""
+    b0 = a - b
+    b1 = normalize(c - b)
+    b2 = d - c
+    v = b0 - (b0 * b1).sum(-1, keepdim=True) * b1
+    w = b2 - (b2 * b1).sum(-1, keepdim=True) * b1
+    x = (v * w).sum(-1)
+    y = (torch.cross(b1, v, dim=-1) * w).sum(-1)
+    return torch.atan2(y, x)
+
+
+def angle(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Angle a-b-c in radians."""
+    v1 = normalize(a - b)
+    v2 = normalize(c - b)
+    return torch.acos(torch.clamp((v1 * v2).sum(-1), -1.0 + 1e-7, 1.0 - 1e-7))
+
+
+def nerf(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bond: torch.Tensor, bond_angle: torch.Tensor,
+         torsion: torch.Tensor) -> torch.Tensor:
+    """Place atom d with |cd| = bond, angle b-c-d = bond_angle, dihedral a-b-c-d = torsion.
+
+    Natural extension reference frame (Parsons et al. 2005); angles in radians, broadcastable.
+    """
+    bc = normalize(c - b)
+    n = normalize(torch.cross(b - a, bc, dim=-1))
+    m = torch.cross(n, bc, dim=-1)
+    d2 = torch.stack([-torch.cos(bond_angle), torch.sin(bond_angle) * torch.cos(torsion),
+                      torch.sin(bond_angle) * torch.sin(torsion)], dim=-1) * bond.unsqueeze(-1)
+    return c + d2[..., 0:1] * bc + d2[..., 1:2] * m + d2[..., 2:3] * n
+
+
+def frames_from_three_points(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices [..., 3, 3] (columns e1, e2, e3) of the frame at b: e1 along c-b,
+    e2 in the plane of a, b, c (Gram–Schmidt), e3 = e1 x e2."""
+    e1 = normalize(c - b)
+    u = a - b
+    e2 = normalize(u - (u * e1).sum(-1, keepdim=True) * e1)
+    e3 = torch.cross(e1, e2, dim=-1)
+    return torch.stack([e1, e2, e3], dim=-1)
+
+
+def segment_neighbours(segment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(has_prev, has_next) bool [N] for residues whose neighbour is in the same segment."""
+    same = segment[1:] == segment[:-1]
+    false = torch.zeros(1, dtype=torch.bool, device=segment.device)
+    return torch.cat([false, same]), torch.cat([same, false])
+
+
+def peptide_axes(ca: torch.Tensor, segment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frame of each peptide unit i -> i+1 built from the Cα trace only.
+
+    Returns x (unit Cα(i)->Cα(i+1)), u and w (perpendicular unit vectors; u points towards
+    the flanking Cα atoms i-1 and i+2) and the Cα–Cα distance, each [B, N, ...]; rows of
+    residues without a next residue hold finite but meaningless values.
+    """
+    n = ca.shape[-2]
+    has_prev, has_next = segment_neighbours(segment)
+    nxt = torch.cat([ca[..., 1:, :], ca[..., -1:, :]], dim=-2)
+    prv = torch.cat([ca[..., :1, :], ca[..., :-1, :]], dim=-2)
+    nxt2 = torch.cat([ca[..., 2:, :], ca[..., -1:, :], ca[..., -1:, :]], dim=-2)[..., :n, :]
+    has_next2 = torch.cat([has_next[1:], torch.zeros(1, dtype=torch.bool, device=ca.device)]) & has_next
+    bond = nxt - ca
+    dist = torch.sqrt((bond * bond).sum(-1) + 1e-8)
+    x = bond / dist.unsqueeze(-1)
+    ref = (prv - ca) * has_prev.to(ca.dtype).unsqueeze(-1) + (nxt2 - nxt) * has_next2.to(ca.dtype).unsqueeze(-1)
+    # segments of two residues have no flanking atom: fall back to a fixed lab direction
+    # that is not parallel to x
+    fallback = torch.where(x[..., 0:1].abs() < 0.9, torch.tensor([1.0, 0.0, 0.0], device=ca.device, dtype=ca.dtype),
+                           torch.tensor([0.0, 1.0, 0.0], device=ca.device, dtype=ca.dtype))
+    lonely = ((~has_prev) & (~has_next2)).unsqueeze(-1)
+    ref = torch.where(lonely, fallback.expand_as(ref), ref)
+    u = normalize(ref - (ref * x).sum(-1, keepdim=True) * x)
+    w = torch.cross(x, u, dim=-1)
+    return x, u, w, dist
+
+
+class GeometryTables(torch.nn.Module):
+    """Chemistry tables from :mod:`residues` as buffers (so they travel with an exported model)."""
+
+    def __init__(self):
+        super().__init__()
+        z = rc.zmatrix_arrays()
+        self.register_buffer("z_refs", torch.as_tensor(z["refs"]))
+        self.register_buffer("z_target", torch.as_tensor(z["target"]))
+        self.register_buffer("z_bond", torch.as_tensor(z["bond"]))
+        self.register_buffer("z_angle", torch.as_tensor(z["angle"]))
+        self.register_buffer("z_torsion", torch.as_tensor(z["torsion"]))
+        self.register_buffer("z_chi", torch.as_tensor(z["chi"]))
+        self.register_buffer("z_valid", torch.as_tensor(z["valid"]))
+        self.register_buffer("atom_mask", torch.as_tensor(rc.atom_mask_array()))
+        self.register_buffer("chi_mask", torch.as_tensor(rc.chi_mask_array()))
+        self.register_buffer("chi_pi_periodic", torch.as_tensor(rc.chi_pi_periodic_array()))
+        self.register_buffer("chi_atoms", torch.as_tensor(rc.chi_atom_slots()))
+        self.register_buffer("symmetric_swap", torch.as_tensor(rc.symmetric_swap_array()))
+        trans = rc.peptide_template(cis=False)
+        cis = rc.peptide_template(cis=True)
+        names = ["C", "O", "N", "H", "CA1"]
+        self.register_buffer("peptide_trans", torch.tensor([[float(trans[k][0]), float(trans[k][1])] for k in names]))
+        self.register_buffer("peptide_cis", torch.tensor([[float(cis[k][0]), float(cis[k][1])] for k in names]))
+        nterm = rc.ideal_geometry()["_NTERM"]
+        self.register_buffer("nterm_ic", torch.tensor([[e[4], math.radians(e[5]), math.radians(e[6])] for e in nterm]))
+        self.cis_threshold = float(rc.CIS_CA_CA_THRESHOLD)
+        self.bond_n_ca = float(rc.BOND_N_CA)
+        self.bond_ca_c = float(rc.BOND_CA_C)
+        self.bond_c_o = float(rc.BOND_C_O)
+        self.bond_c_oxt = float(rc.BOND_C_OXT)
+        self.angle_n_ca_c = math.radians(rc.ANGLE_N_CA_C)
+        self.angle_ca_c_o = math.radians(rc.ANGLE_CA_C_O)
+        # carboxylate: O and OXT share the 240 degrees left by O-C-O (~125 degrees)
+        self.angle_ca_c_oxt = math.radians(117.5)
+        self.num_slots = int(rc.NUM_SLOTS)
+        self.h_slot = int(rc.H_SLOT)
+        self.h2_slot = int(rc.H2_SLOT)
+        self.h3_slot = int(rc.H3_SLOT)
+        self.oxt_slot = int(rc.OXT_SLOT)
+
+    def forward(self, restype: torch.Tensor) -> torch.Tensor:  # pragma: no cover - not used
+        return self.atom_mask[restype]
+
+
+def peptide_template_xy(tables: GeometryTables, dist: torch.Tensor) -> torch.Tensor:
+    """Per-peptide in-plane coordinates [..., 5, 2] of C, O, N, H, CA1 (trans or cis from the
+    Cα–Cα distance).  C and O stay attached to Cα(i); N and H to Cα(i+1)."""
+    cis = (dist < tables.cis_threshold).unsqueeze(-1).unsqueeze(-1)
+    xy = torch.where(cis, tables.peptide_cis, tables.peptide_trans)
+    shift = (dist - xy[..., 4, 0]).unsqueeze(-1)  # move N, H with Cα(i+1)
+    sel = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], device=dist.device, dtype=dist.dtype)
+    x = xy[..., 0] + shift * sel
+    return torch.stack([x, xy[..., 1]], dim=-1)
+
+
+def build_atoms(tables: GeometryTables, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
+                angles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All atoms of every residue from the Cα trace and the predicted angles.
+
+    Parameters
+    ----------
+    ca : [B, N, 3] Cα positions (Å).
+    restype : [N] residue type indices.
+    segment : [N] segment (chain piece) id; consecutive residues with equal ids are bonded.
+    angles : [B, N, NUM_ANGLES, 2] unit (cos, sin) pairs, see ``ANGLE_NAMES``.
+
+    Returns
+    -------
+    atoms : [B, N, NUM_SLOTS, 3] positions (Å); mask : [N, NUM_SLOTS] atom existence.
+    """
+    bsz, n = ca.shape[0], ca.shape[1]
+    has_prev, has_next = segment_neighbours(segment)
+    x, u, w, dist = peptide_axes(ca, segment)
+    xy = peptide_template_xy(tables, dist)  # [B, N, 5, 2]
+    cos_t = angles[..., PEPTIDE, 0].unsqueeze(-1)
+    sin_t = angles[..., PEPTIDE, 1].unsqueeze(-1)
+    perp = cos_t * u + sin_t * w  # in-plane perpendicular direction of each peptide unit
+    pep = ca.unsqueeze(-2) + xy[..., 0:1] * x.unsqueeze(-2) + xy[..., 1:2] * perp.unsqueeze(-2)  # [B,N,5,3]
+    c_pep, o_pep = pep[..., 0, :], pep[..., 1, :]
+    n_next, h_next = pep[..., 2, :], pep[..., 3, :]
+    # N(i), H(i) come from the peptide before residue i
+    n_from_prev = torch.cat([n_next[:, :1], n_next[:, :-1]], dim=1)
+    h_from_prev = torch.cat([h_next[:, :1], h_next[:, :-1]], dim=1)
+    # chain termini: N from psi (needs C(i), N(i+1)); C from phi (needs N(i), C(i-1))
+    n_next_res = torch.cat([n_from_prev[:, 1:], n_from_prev[:, -1:]], dim=1)
+    psi_n = torch.atan2(angles[..., PSI_NTERM, 1], angles[..., PSI_NTERM, 0])
+    fill = torch.full_like(psi_n, tables.bond_n_ca)
+    n_term = nerf(n_next_res, c_pep, ca, fill, torch.full_like(psi_n, tables.angle_n_ca_c), psi_n)
+    hp = has_prev.view(1, n, 1)
+    hn = has_next.view(1, n, 1)
+    n_atom = torch.where(hp, n_from_prev, n_term)
+    c_prev = torch.cat([c_pep[:, :1], c_pep[:, :-1]], dim=1)
+    phi_c = torch.atan2(angles[..., PHI_CTERM, 1], angles[..., PHI_CTERM, 0])
+    c_term = nerf(c_prev, n_atom, ca, torch.full_like(phi_c, tables.bond_ca_c),
+                  torch.full_like(phi_c, tables.angle_n_ca_c), phi_c)
+    c_atom = torch.where(hn, c_pep, c_term)
+    psi_c = torch.atan2(angles[..., PSI_CTERM, 1], angles[..., PSI_CTERM, 0])
+    o_term = nerf(n_atom, ca, c_atom, torch.full_like(psi_c, tables.bond_c_o),
+                  torch.full_like(psi_c, tables.angle_ca_c_oxt), psi_c + math.pi)
+    oxt = nerf(n_atom, ca, c_atom, torch.full_like(psi_c, tables.bond_c_oxt),
+               torch.full_like(psi_c, tables.angle_ca_c_oxt), psi_c)
+    o_atom = torch.where(hn, o_pep, o_term)
+    # N-terminal NH3+
+    nt = tables.nterm_ic
+    h_nterm: List[torch.Tensor] = []
+    for k in range(3):
+        h_nterm.append(nerf(c_atom, ca, n_atom, nt[k, 0].expand(bsz, n), nt[k, 1].expand(bsz, n),
+                            nt[k, 2].expand(bsz, n)))
+    h_atom = torch.where(hp, h_from_prev, h_nterm[0])
+
+    slots: List[torch.Tensor] = [torch.zeros_like(ca) for _ in range(tables.num_slots)]
+    slots[N_SLOT] = n_atom
+    slots[CA_SLOT] = ca
+    slots[C_SLOT] = c_atom
+    slots[O_SLOT] = o_atom
+    slots[tables.oxt_slot] = oxt
+    slots[tables.h_slot] = h_atom
+    slots[tables.h2_slot] = h_nterm[1]
+    slots[tables.h3_slot] = h_nterm[2]
+    atoms = torch.stack(slots, dim=2)  # [B, N, S, 3]
+    atoms = place_sidechains(tables, atoms, restype, angles)
+    mask = residue_atom_mask(tables, restype, has_prev, has_next)
+    return atoms * mask.unsqueeze(0).unsqueeze(-1), mask
+
+
+def residue_atom_mask(tables: GeometryTables, restype: torch.Tensor, has_prev: torch.Tensor,
+                      has_next: torch.Tensor) -> torch.Tensor:
+    """[N, NUM_SLOTS] which slots exist, with terminal atoms (OXT, H1-3) switched on/off."""
+    mask = tables.atom_mask[restype].clone()
+    nterm = (~has_prev).to(mask.dtype)
+    cterm = (~has_next).to(mask.dtype)
+    is_pro = (restype == rc.RESTYPE_INDEX["PRO"]).to(mask.dtype)
+    mask[:, tables.oxt_slot] = cterm
+    mask[:, tables.h_slot] = torch.maximum(mask[:, tables.h_slot], nterm) * (1.0 - nterm * is_pro)
+    mask[:, tables.h2_slot] = nterm
+    mask[:, tables.h3_slot] = nterm
+    return mask
+
+
+def place_sidechains(tables: GeometryTables, atoms: torch.Tensor, restype: torch.Tensor,
+                     angles: torch.Tensor) -> torch.Tensor:
+    """Fill side-chain heavy atoms and hydrogens by walking the z-matrix of each residue type."""
+    bsz, n = atoms.shape[0], atoms.shape[1]
+    chi = torch.atan2(angles[..., CHI0:, 1], angles[..., CHI0:, 0])  # [B, N, 4]
+    refs = tables.z_refs[restype]        # [N, steps, 3]
+    target = tables.z_target[restype]    # [N, steps]
+    bond = tables.z_bond[restype]
+    bond_angle = tables.z_angle[restype]
+    torsion0 = tables.z_torsion[restype]
+    chi_index = tables.z_chi[restype]
+    valid = tables.z_valid[restype]
+    slot_ids = torch.arange(tables.num_slots, device=atoms.device)
+    for s in range(refs.shape[1]):
+        if not bool(valid[:, s].any()):
+            break
+        idx = refs[:, s, :].unsqueeze(0).unsqueeze(-1).expand(bsz, n, 3, 3)
+        ref_xyz = torch.gather(atoms, 2, idx)  # [B, N, 3, 3]
+        ci = chi_index[:, s]
+        chi_val = torch.gather(chi, 2, ci.clamp(min=0).view(1, n, 1).expand(bsz, n, 1)).squeeze(-1)
+        tors = torsion0[:, s].unsqueeze(0) + chi_val * (ci >= 0).to(chi.dtype).unsqueeze(0)
+        new = nerf(ref_xyz[:, :, 0], ref_xyz[:, :, 1], ref_xyz[:, :, 2], bond[:, s].unsqueeze(0).expand(bsz, n),
+                   bond_angle[:, s].unsqueeze(0).expand(bsz, n), tors)
+        write = (slot_ids.unsqueeze(0) == target[:, s].unsqueeze(1)) & (valid[:, s] > 0).unsqueeze(1)  # [N, S]
+        atoms = torch.where(write.unsqueeze(0).unsqueeze(-1), new.unsqueeze(2), atoms)
+    return atoms
+
+
+def angles_from_atoms(tables: GeometryTables, atoms: torch.Tensor, restype: torch.Tensor,
+                      segment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`build_atoms`: the angles that best reproduce real atoms.
+
+    Parameters
+    ----------
+    atoms : [B, N, NUM_SLOTS, 3] real positions (heavy atoms needed: N, CA, C, O, side chain).
+
+    Returns
+    -------
+    angles : [B, N, NUM_ANGLES, 2] unit (cos, sin); mask : [N, NUM_ANGLES] which are defined.
+    """
+    n = atoms.shape[1]
+    ca = atoms[:, :, CA_SLOT]
+    has_prev, has_next = segment_neighbours(segment)
+    x, u, w, dist = peptide_axes(ca, segment)
+    xy = peptide_template_xy(tables, dist)
+    # least-squares rotation of the template unit (C, O of i; N of i+1) about the Cα–Cα axis
+    n_next = torch.cat([atoms[:, 1:, N_SLOT], atoms[:, -1:, N_SLOT]], dim=1)
+    real = torch.stack([atoms[:, :, C_SLOT], atoms[:, :, O_SLOT], n_next], dim=2) - ca.unsqueeze(2)
+    py = xy[..., 0:3, 1]
+    ry = (real * u.unsqueeze(2)).sum(-1)
+    rz = (real * w.unsqueeze(2)).sum(-1)
+    theta = torch.atan2((py * rz).sum(-1), (py * ry).sum(-1))
+    n_next_res = n_next
+    psi = dihedral(atoms[:, :, N_SLOT], ca, atoms[:, :, C_SLOT], n_next_res)
+    c_prev = torch.cat([atoms[:, :1, C_SLOT], atoms[:, :-1, C_SLOT]], dim=1)
+    phi = dihedral(c_prev, atoms[:, :, N_SLOT], ca, atoms[:, :, C_SLOT])
+    psi_c = dihedral(atoms[:, :, N_SLOT], ca, atoms[:, :, C_SLOT], atoms[:, :, O_SLOT]) - math.pi
+    ca_idx = tables.chi_atoms[restype]  # [N, 4, 4]
+    bsz = atoms.shape[0]
+    gathered = torch.gather(atoms, 2, ca_idx.view(1, n, 16, 1).expand(bsz, n, 16, 3)).view(bsz, n, 4, 4, 3)
+    chi = dihedral(gathered[..., 0, :], gathered[..., 1, :], gathered[..., 2, :], gathered[..., 3, :])
+    all_angles = torch.cat([theta.unsqueeze(-1), psi.unsqueeze(-1), phi.unsqueeze(-1), psi_c.unsqueeze(-1), chi], -1)
+    out = torch.stack([torch.cos(all_angles), torch.sin(all_angles)], dim=-1)
+    f = atoms.dtype
+    mask = torch.cat([has_next.to(f).unsqueeze(-1), (~has_prev).to(f).unsqueeze(-1),
+                      (~has_next).to(f).unsqueeze(-1), (~has_next).to(f).unsqueeze(-1),
+                      tables.chi_mask[restype]], dim=-1)
+    return out, mask
+
+
+def apply_rigid(rotation: torch.Tensor, translation: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply x -> R x + t; rotation [..., 3, 3], translation [..., 3], points [..., P, 3]."""
+    return torch.einsum("...ij,...pj->...pi", rotation, points) + translation.unsqueeze(-2)
+
+
+def invert_apply_rigid(rotation: torch.Tensor, translation: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Express points in the local frame: R^T (x - t)."""
+    return torch.einsum("...ji,...pj->...pi", rotation, points - translation.unsqueeze(-2))
+
+
+def kabsch_rmsd_free(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMSD without superposition over masked points (Cα are given, so none is needed)."""
+    d2 = ((a - b) ** 2).sum(-1) * mask
+    return torch.sqrt(d2.sum() / mask.sum().clamp(min=1.0))
+
+
+def chirality_ok(atoms: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+    """[B, N] True where Cα is L (improper N-C-CB about CA positive in the PDB sense); GLY True."""
+    cb = atoms[:, :, 4]
+    # signed volume of (N-CA, C-CA, CB-CA); L-amino acids give a positive value
+    v = torch.cross(atoms[:, :, N_SLOT] - atoms[:, :, CA_SLOT], atoms[:, :, C_SLOT] - atoms[:, :, CA_SLOT], dim=-1)
+    vol = (v * (cb - atoms[:, :, CA_SLOT])).sum(-1)
+    gly = (restype == rc.RESTYPE_INDEX["GLY"]).unsqueeze(0)
+    return (vol > 0) | gly
+
+
+def script_check() -> Dict[str, bool]:
+    """Compile every model-facing function with TorchScript (used by the tests)."""
+    out: Dict[str, bool] = {}
+    for fn in [normalize, dihedral, angle, nerf, frames_from_three_points, segment_neighbours, peptide_axes,
+               peptide_template_xy, build_atoms, residue_atom_mask, place_sidechains, angles_from_atoms,
+               apply_rigid, invert_apply_rigid, chirality_ok]:
+        torch.jit.script(fn)
+        out[fn.__name__] = True
+    return out
+
+
+def fit_angles(tables: GeometryTables, atoms: torch.Tensor, present: torch.Tensor, restype: torch.Tensor,
+               segment: torch.Tensor, steps: int = 100, lr: float = 0.02) -> torch.Tensor:
+    """Angles whose ideal-geometry rebuild best matches real atoms (least squares).
+
+    Starts from :func:`angles_from_atoms` (which copies dihedrals) and refines all angles by
+    gradient descent on the squared distance to the ``present`` heavy atoms; ideal bond
+    angles differ from real ones, so copying dihedrals alone leaves lever-arm errors.
+    """
+    start, _ = angles_from_atoms(tables, atoms, restype, segment)
+    param = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=lr)
+    w = present.clone()
+    w[:, rc.NUM_HEAVY_SLOTS:] = 0.0
+    for _ in range(steps):
+        opt.zero_grad()
+        built, _ = build_atoms(tables, atoms[:, :, CA_SLOT], restype, segment, normalize(param))
+        loss = (((built - atoms) ** 2).sum(-1) * w).sum()
+        loss.backward()
+        opt.step()
+    return normalize(param.detach())
