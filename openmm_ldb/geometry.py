@@ -29,6 +29,7 @@ NUM_ANGLES = len(ANGLE_NAMES)
 PEPTIDE, PSI_NTERM, PHI_CTERM, PSI_CTERM, CHI0 = 0, 1, 2, 3, 4
 
 N_SLOT, CA_SLOT, C_SLOT, O_SLOT = 0, 1, 2, 3
+GLY_INDEX = rc.RESTYPE_INDEX["GLY"]
 
 
 def normalize(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -148,178 +149,201 @@ class GeometryTables(torch.nn.Module):
         # carboxylate: O and OXT share the 240 degrees left by O-C-O (~125 degrees)
         self.angle_ca_c_oxt = math.radians(117.5)
         self.num_slots = int(rc.NUM_SLOTS)
+        self.pro_index = int(rc.RESTYPE_INDEX["PRO"])
         self.h_slot = int(rc.H_SLOT)
         self.h2_slot = int(rc.H2_SLOT)
         self.h3_slot = int(rc.H3_SLOT)
         self.oxt_slot = int(rc.OXT_SLOT)
 
-    def forward(self, restype: torch.Tensor) -> torch.Tensor:  # pragma: no cover - not used
+    def forward(self, restype: torch.Tensor) -> torch.Tensor:
+        """Atom mask of internal residues [N, NUM_SLOTS]."""
         return self.atom_mask[restype]
 
+    def peptide_template_xy(self, dist: torch.Tensor) -> torch.Tensor:
+        """Per-peptide in-plane coordinates [..., 5, 2] of C, O, N, H, CA1 (trans or cis from the
+        Cα–Cα distance).  C and O stay attached to Cα(i); N and H to Cα(i+1)."""
+        cis = (dist < self.cis_threshold).unsqueeze(-1).unsqueeze(-1)
+        xy = torch.where(cis, self.peptide_cis, self.peptide_trans)
+        shift = (dist - xy[..., 4, 0]).unsqueeze(-1)  # move N, H with Cα(i+1)
+        sel = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], device=dist.device, dtype=dist.dtype)
+        x = xy[..., 0] + shift * sel
+        return torch.stack([x, xy[..., 1]], dim=-1)
 
+    def build_atoms(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
+                    angles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All atoms of every residue from the Cα trace and the predicted angles.
+
+        Parameters
+        ----------
+        ca : [B, N, 3] Cα positions (Å).
+        restype : [N] residue type indices.
+        segment : [N] segment (chain piece) id; consecutive residues with equal ids are bonded.
+        angles : [B, N, NUM_ANGLES, 2] unit (cos, sin) pairs, see ``ANGLE_NAMES``.
+
+        Returns
+        -------
+        atoms : [B, N, NUM_SLOTS, 3] positions (Å); mask : [N, NUM_SLOTS] atom existence.
+        """
+        bsz, n = ca.shape[0], ca.shape[1]
+        has_prev, has_next = segment_neighbours(segment)
+        x, u, w, dist = peptide_axes(ca, segment)
+        xy = self.peptide_template_xy(dist)  # [B, N, 5, 2]
+        cos_t = angles[..., 0, 0].unsqueeze(-1)
+        sin_t = angles[..., 0, 1].unsqueeze(-1)
+        perp = cos_t * u + sin_t * w  # in-plane perpendicular direction of each peptide unit
+        pep = ca.unsqueeze(-2) + xy[..., 0:1] * x.unsqueeze(-2) + xy[..., 1:2] * perp.unsqueeze(-2)  # [B,N,5,3]
+        c_pep, o_pep = pep[..., 0, :], pep[..., 1, :]
+        n_next, h_next = pep[..., 2, :], pep[..., 3, :]
+        # N(i), H(i) come from the peptide before residue i
+        n_from_prev = torch.cat([n_next[:, :1], n_next[:, :-1]], dim=1)
+        h_from_prev = torch.cat([h_next[:, :1], h_next[:, :-1]], dim=1)
+        # chain termini: N from psi (needs C(i), N(i+1)); C from phi (needs N(i), C(i-1))
+        n_next_res = torch.cat([n_from_prev[:, 1:], n_from_prev[:, -1:]], dim=1)
+        psi_n = torch.atan2(angles[..., 1, 1], angles[..., 1, 0])
+        fill = torch.full_like(psi_n, self.bond_n_ca)
+        n_term = nerf(n_next_res, c_pep, ca, fill, torch.full_like(psi_n, self.angle_n_ca_c), psi_n)
+        hp = has_prev.view(1, n, 1)
+        hn = has_next.view(1, n, 1)
+        n_atom = torch.where(hp, n_from_prev, n_term)
+        c_prev = torch.cat([c_pep[:, :1], c_pep[:, :-1]], dim=1)
+        phi_c = torch.atan2(angles[..., 2, 1], angles[..., 2, 0])
+        c_term = nerf(c_prev, n_atom, ca, torch.full_like(phi_c, self.bond_ca_c),
+                      torch.full_like(phi_c, self.angle_n_ca_c), phi_c)
+        c_atom = torch.where(hn, c_pep, c_term)
+        psi_c = torch.atan2(angles[..., 3, 1], angles[..., 3, 0])
+        o_term = nerf(n_atom, ca, c_atom, torch.full_like(psi_c, self.bond_c_o),
+                      torch.full_like(psi_c, self.angle_ca_c_oxt), psi_c + math.pi)
+        oxt = nerf(n_atom, ca, c_atom, torch.full_like(psi_c, self.bond_c_oxt),
+                   torch.full_like(psi_c, self.angle_ca_c_oxt), psi_c)
+        o_atom = torch.where(hn, o_pep, o_term)
+        # N-terminal NH3+
+        nt = self.nterm_ic
+        h_nterm: List[torch.Tensor] = []
+        for k in range(3):
+            h_nterm.append(nerf(c_atom, ca, n_atom, nt[k, 0].expand(bsz, n), nt[k, 1].expand(bsz, n),
+                                nt[k, 2].expand(bsz, n)))
+        h_atom = torch.where(hp, h_from_prev, h_nterm[0])
+
+        slots: List[torch.Tensor] = [torch.zeros_like(ca) for _ in range(self.num_slots)]
+        slots[0] = n_atom
+        slots[1] = ca
+        slots[2] = c_atom
+        slots[3] = o_atom
+        slots[self.oxt_slot] = oxt
+        slots[self.h_slot] = h_atom
+        slots[self.h2_slot] = h_nterm[1]
+        slots[self.h3_slot] = h_nterm[2]
+        atoms = torch.stack(slots, dim=2)  # [B, N, S, 3]
+        atoms = self.place_sidechains(atoms, restype, angles)
+        mask = self.residue_atom_mask(restype, has_prev, has_next)
+        return atoms * mask.unsqueeze(0).unsqueeze(-1), mask
+
+    def residue_atom_mask(self, restype: torch.Tensor, has_prev: torch.Tensor,
+                          has_next: torch.Tensor) -> torch.Tensor:
+        """[N, NUM_SLOTS] which slots exist, with terminal atoms (OXT, H1-3) switched on/off."""
+        mask = self.atom_mask[restype].clone()
+        nterm = (~has_prev).to(mask.dtype)
+        cterm = (~has_next).to(mask.dtype)
+        is_pro = (restype == self.pro_index).to(mask.dtype)
+        mask[:, self.oxt_slot] = cterm
+        mask[:, self.h_slot] = torch.maximum(mask[:, self.h_slot], nterm) * (1.0 - nterm * is_pro)
+        mask[:, self.h2_slot] = nterm
+        mask[:, self.h3_slot] = nterm
+        return mask
+
+    def place_sidechains(self, atoms: torch.Tensor, restype: torch.Tensor,
+                         angles: torch.Tensor) -> torch.Tensor:
+        """Fill side-chain heavy atoms and hydrogens by walking the z-matrix of each residue type."""
+        bsz, n = atoms.shape[0], atoms.shape[1]
+        chi = torch.atan2(angles[..., 4:, 1], angles[..., 4:, 0])  # [B, N, 4]
+        refs = self.z_refs[restype]        # [N, steps, 3]
+        target = self.z_target[restype]    # [N, steps]
+        bond = self.z_bond[restype]
+        bond_angle = self.z_angle[restype]
+        torsion0 = self.z_torsion[restype]
+        chi_index = self.z_chi[restype]
+        valid = self.z_valid[restype]
+        slot_ids = torch.arange(self.num_slots, device=atoms.device)
+        for s in range(refs.shape[1]):
+            if not bool(valid[:, s].any()):
+                break
+            idx = refs[:, s, :].unsqueeze(0).unsqueeze(-1).expand(bsz, n, 3, 3)
+            ref_xyz = torch.gather(atoms, 2, idx)  # [B, N, 3, 3]
+            ci = chi_index[:, s]
+            chi_val = torch.gather(chi, 2, ci.clamp(min=0).view(1, n, 1).expand(bsz, n, 1)).squeeze(-1)
+            tors = torsion0[:, s].unsqueeze(0) + chi_val * (ci >= 0).to(chi.dtype).unsqueeze(0)
+            new = nerf(ref_xyz[:, :, 0], ref_xyz[:, :, 1], ref_xyz[:, :, 2], bond[:, s].unsqueeze(0).expand(bsz, n),
+                       bond_angle[:, s].unsqueeze(0).expand(bsz, n), tors)
+            write = (slot_ids.unsqueeze(0) == target[:, s].unsqueeze(1)) & (valid[:, s] > 0).unsqueeze(1)  # [N, S]
+            atoms = torch.where(write.unsqueeze(0).unsqueeze(-1), new.unsqueeze(2), atoms)
+        return atoms
+
+    def angles_from_atoms(self, atoms: torch.Tensor, restype: torch.Tensor,
+                          segment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of :func:`build_atoms`: the angles that best reproduce real atoms.
+
+        Parameters
+        ----------
+        atoms : [B, N, NUM_SLOTS, 3] real positions (heavy atoms needed: N, CA, C, O, side chain).
+
+        Returns
+        -------
+        angles : [B, N, NUM_ANGLES, 2] unit (cos, sin); mask : [N, NUM_ANGLES] which are defined.
+        """
+        n = atoms.shape[1]
+        ca = atoms[:, :, 1]
+        has_prev, has_next = segment_neighbours(segment)
+        x, u, w, dist = peptide_axes(ca, segment)
+        xy = self.peptide_template_xy(dist)
+        # least-squares rotation of the template unit (C, O of i; N of i+1) about the Cα–Cα axis
+        n_next = torch.cat([atoms[:, 1:, 0], atoms[:, -1:, 0]], dim=1)
+        real = torch.stack([atoms[:, :, 2], atoms[:, :, 3], n_next], dim=2) - ca.unsqueeze(2)
+        py = xy[..., 0:3, 1]
+        ry = (real * u.unsqueeze(2)).sum(-1)
+        rz = (real * w.unsqueeze(2)).sum(-1)
+        theta = torch.atan2((py * rz).sum(-1), (py * ry).sum(-1))
+        n_next_res = n_next
+        psi = dihedral(atoms[:, :, 0], ca, atoms[:, :, 2], n_next_res)
+        c_prev = torch.cat([atoms[:, :1, 2], atoms[:, :-1, 2]], dim=1)
+        phi = dihedral(c_prev, atoms[:, :, 0], ca, atoms[:, :, 2])
+        psi_c = dihedral(atoms[:, :, 0], ca, atoms[:, :, 2], atoms[:, :, 3]) - math.pi
+        ca_idx = self.chi_atoms[restype]  # [N, 4, 4]
+        bsz = atoms.shape[0]
+        gathered = torch.gather(atoms, 2, ca_idx.view(1, n, 16, 1).expand(bsz, n, 16, 3)).view(bsz, n, 4, 4, 3)
+        chi = dihedral(gathered[..., 0, :], gathered[..., 1, :], gathered[..., 2, :], gathered[..., 3, :])
+        all_angles = torch.cat([theta.unsqueeze(-1), psi.unsqueeze(-1), phi.unsqueeze(-1), psi_c.unsqueeze(-1), chi], -1)
+        out = torch.stack([torch.cos(all_angles), torch.sin(all_angles)], dim=-1)
+        f = atoms.dtype
+        mask = torch.cat([has_next.to(f).unsqueeze(-1), (~has_prev).to(f).unsqueeze(-1),
+                          (~has_next).to(f).unsqueeze(-1), (~has_next).to(f).unsqueeze(-1),
+                          self.chi_mask[restype]], dim=-1)
+        return out, mask
+
+
+
+
+
+
+
+# Module-level spellings of the builder methods, for Python callers.
 def peptide_template_xy(tables: GeometryTables, dist: torch.Tensor) -> torch.Tensor:
-    """Per-peptide in-plane coordinates [..., 5, 2] of C, O, N, H, CA1 (trans or cis from the
-    Cα–Cα distance).  C and O stay attached to Cα(i); N and H to Cα(i+1)."""
-    cis = (dist < tables.cis_threshold).unsqueeze(-1).unsqueeze(-1)
-    xy = torch.where(cis, tables.peptide_cis, tables.peptide_trans)
-    shift = (dist - xy[..., 4, 0]).unsqueeze(-1)  # move N, H with Cα(i+1)
-    sel = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], device=dist.device, dtype=dist.dtype)
-    x = xy[..., 0] + shift * sel
-    return torch.stack([x, xy[..., 1]], dim=-1)
+    return tables.peptide_template_xy(dist)
 
 
-def build_atoms(tables: GeometryTables, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
-                angles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All atoms of every residue from the Cα trace and the predicted angles.
-
-    Parameters
-    ----------
-    ca : [B, N, 3] Cα positions (Å).
-    restype : [N] residue type indices.
-    segment : [N] segment (chain piece) id; consecutive residues with equal ids are bonded.
-    angles : [B, N, NUM_ANGLES, 2] unit (cos, sin) pairs, see ``ANGLE_NAMES``.
-
-    Returns
-    -------
-    atoms : [B, N, NUM_SLOTS, 3] positions (Å); mask : [N, NUM_SLOTS] atom existence.
-    """
-    bsz, n = ca.shape[0], ca.shape[1]
-    has_prev, has_next = segment_neighbours(segment)
-    x, u, w, dist = peptide_axes(ca, segment)
-    xy = peptide_template_xy(tables, dist)  # [B, N, 5, 2]
-    cos_t = angles[..., PEPTIDE, 0].unsqueeze(-1)
-    sin_t = angles[..., PEPTIDE, 1].unsqueeze(-1)
-    perp = cos_t * u + sin_t * w  # in-plane perpendicular direction of each peptide unit
-    pep = ca.unsqueeze(-2) + xy[..., 0:1] * x.unsqueeze(-2) + xy[..., 1:2] * perp.unsqueeze(-2)  # [B,N,5,3]
-    c_pep, o_pep = pep[..., 0, :], pep[..., 1, :]
-    n_next, h_next = pep[..., 2, :], pep[..., 3, :]
-    # N(i), H(i) come from the peptide before residue i
-    n_from_prev = torch.cat([n_next[:, :1], n_next[:, :-1]], dim=1)
-    h_from_prev = torch.cat([h_next[:, :1], h_next[:, :-1]], dim=1)
-    # chain termini: N from psi (needs C(i), N(i+1)); C from phi (needs N(i), C(i-1))
-    n_next_res = torch.cat([n_from_prev[:, 1:], n_from_prev[:, -1:]], dim=1)
-    psi_n = torch.atan2(angles[..., PSI_NTERM, 1], angles[..., PSI_NTERM, 0])
-    fill = torch.full_like(psi_n, tables.bond_n_ca)
-    n_term = nerf(n_next_res, c_pep, ca, fill, torch.full_like(psi_n, tables.angle_n_ca_c), psi_n)
-    hp = has_prev.view(1, n, 1)
-    hn = has_next.view(1, n, 1)
-    n_atom = torch.where(hp, n_from_prev, n_term)
-    c_prev = torch.cat([c_pep[:, :1], c_pep[:, :-1]], dim=1)
-    phi_c = torch.atan2(angles[..., PHI_CTERM, 1], angles[..., PHI_CTERM, 0])
-    c_term = nerf(c_prev, n_atom, ca, torch.full_like(phi_c, tables.bond_ca_c),
-                  torch.full_like(phi_c, tables.angle_n_ca_c), phi_c)
-    c_atom = torch.where(hn, c_pep, c_term)
-    psi_c = torch.atan2(angles[..., PSI_CTERM, 1], angles[..., PSI_CTERM, 0])
-    o_term = nerf(n_atom, ca, c_atom, torch.full_like(psi_c, tables.bond_c_o),
-                  torch.full_like(psi_c, tables.angle_ca_c_oxt), psi_c + math.pi)
-    oxt = nerf(n_atom, ca, c_atom, torch.full_like(psi_c, tables.bond_c_oxt),
-               torch.full_like(psi_c, tables.angle_ca_c_oxt), psi_c)
-    o_atom = torch.where(hn, o_pep, o_term)
-    # N-terminal NH3+
-    nt = tables.nterm_ic
-    h_nterm: List[torch.Tensor] = []
-    for k in range(3):
-        h_nterm.append(nerf(c_atom, ca, n_atom, nt[k, 0].expand(bsz, n), nt[k, 1].expand(bsz, n),
-                            nt[k, 2].expand(bsz, n)))
-    h_atom = torch.where(hp, h_from_prev, h_nterm[0])
-
-    slots: List[torch.Tensor] = [torch.zeros_like(ca) for _ in range(tables.num_slots)]
-    slots[N_SLOT] = n_atom
-    slots[CA_SLOT] = ca
-    slots[C_SLOT] = c_atom
-    slots[O_SLOT] = o_atom
-    slots[tables.oxt_slot] = oxt
-    slots[tables.h_slot] = h_atom
-    slots[tables.h2_slot] = h_nterm[1]
-    slots[tables.h3_slot] = h_nterm[2]
-    atoms = torch.stack(slots, dim=2)  # [B, N, S, 3]
-    atoms = place_sidechains(tables, atoms, restype, angles)
-    mask = residue_atom_mask(tables, restype, has_prev, has_next)
-    return atoms * mask.unsqueeze(0).unsqueeze(-1), mask
+def build_atoms(tables: GeometryTables, ca, restype, segment, angles):
+    return tables.build_atoms(ca, restype, segment, angles)
 
 
-def residue_atom_mask(tables: GeometryTables, restype: torch.Tensor, has_prev: torch.Tensor,
-                      has_next: torch.Tensor) -> torch.Tensor:
-    """[N, NUM_SLOTS] which slots exist, with terminal atoms (OXT, H1-3) switched on/off."""
-    mask = tables.atom_mask[restype].clone()
-    nterm = (~has_prev).to(mask.dtype)
-    cterm = (~has_next).to(mask.dtype)
-    is_pro = (restype == rc.RESTYPE_INDEX["PRO"]).to(mask.dtype)
-    mask[:, tables.oxt_slot] = cterm
-    mask[:, tables.h_slot] = torch.maximum(mask[:, tables.h_slot], nterm) * (1.0 - nterm * is_pro)
-    mask[:, tables.h2_slot] = nterm
-    mask[:, tables.h3_slot] = nterm
-    return mask
+def residue_atom_mask(tables: GeometryTables, restype, has_prev, has_next):
+    return tables.residue_atom_mask(restype, has_prev, has_next)
 
 
-def place_sidechains(tables: GeometryTables, atoms: torch.Tensor, restype: torch.Tensor,
-                     angles: torch.Tensor) -> torch.Tensor:
-    """Fill side-chain heavy atoms and hydrogens by walking the z-matrix of each residue type."""
-    bsz, n = atoms.shape[0], atoms.shape[1]
-    chi = torch.atan2(angles[..., CHI0:, 1], angles[..., CHI0:, 0])  # [B, N, 4]
-    refs = tables.z_refs[restype]        # [N, steps, 3]
-    target = tables.z_target[restype]    # [N, steps]
-    bond = tables.z_bond[restype]
-    bond_angle = tables.z_angle[restype]
-    torsion0 = tables.z_torsion[restype]
-    chi_index = tables.z_chi[restype]
-    valid = tables.z_valid[restype]
-    slot_ids = torch.arange(tables.num_slots, device=atoms.device)
-    for s in range(refs.shape[1]):
-        if not bool(valid[:, s].any()):
-            break
-        idx = refs[:, s, :].unsqueeze(0).unsqueeze(-1).expand(bsz, n, 3, 3)
-        ref_xyz = torch.gather(atoms, 2, idx)  # [B, N, 3, 3]
-        ci = chi_index[:, s]
-        chi_val = torch.gather(chi, 2, ci.clamp(min=0).view(1, n, 1).expand(bsz, n, 1)).squeeze(-1)
-        tors = torsion0[:, s].unsqueeze(0) + chi_val * (ci >= 0).to(chi.dtype).unsqueeze(0)
-        new = nerf(ref_xyz[:, :, 0], ref_xyz[:, :, 1], ref_xyz[:, :, 2], bond[:, s].unsqueeze(0).expand(bsz, n),
-                   bond_angle[:, s].unsqueeze(0).expand(bsz, n), tors)
-        write = (slot_ids.unsqueeze(0) == target[:, s].unsqueeze(1)) & (valid[:, s] > 0).unsqueeze(1)  # [N, S]
-        atoms = torch.where(write.unsqueeze(0).unsqueeze(-1), new.unsqueeze(2), atoms)
-    return atoms
+def place_sidechains(tables: GeometryTables, atoms, restype, angles):
+    return tables.place_sidechains(atoms, restype, angles)
 
 
-def angles_from_atoms(tables: GeometryTables, atoms: torch.Tensor, restype: torch.Tensor,
-                      segment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`build_atoms`: the angles that best reproduce real atoms.
-
-    Parameters
-    ----------
-    atoms : [B, N, NUM_SLOTS, 3] real positions (heavy atoms needed: N, CA, C, O, side chain).
-
-    Returns
-    -------
-    angles : [B, N, NUM_ANGLES, 2] unit (cos, sin); mask : [N, NUM_ANGLES] which are defined.
-    """
-    n = atoms.shape[1]
-    ca = atoms[:, :, CA_SLOT]
-    has_prev, has_next = segment_neighbours(segment)
-    x, u, w, dist = peptide_axes(ca, segment)
-    xy = peptide_template_xy(tables, dist)
-    # least-squares rotation of the template unit (C, O of i; N of i+1) about the Cα–Cα axis
-    n_next = torch.cat([atoms[:, 1:, N_SLOT], atoms[:, -1:, N_SLOT]], dim=1)
-    real = torch.stack([atoms[:, :, C_SLOT], atoms[:, :, O_SLOT], n_next], dim=2) - ca.unsqueeze(2)
-    py = xy[..., 0:3, 1]
-    ry = (real * u.unsqueeze(2)).sum(-1)
-    rz = (real * w.unsqueeze(2)).sum(-1)
-    theta = torch.atan2((py * rz).sum(-1), (py * ry).sum(-1))
-    n_next_res = n_next
-    psi = dihedral(atoms[:, :, N_SLOT], ca, atoms[:, :, C_SLOT], n_next_res)
-    c_prev = torch.cat([atoms[:, :1, C_SLOT], atoms[:, :-1, C_SLOT]], dim=1)
-    phi = dihedral(c_prev, atoms[:, :, N_SLOT], ca, atoms[:, :, C_SLOT])
-    psi_c = dihedral(atoms[:, :, N_SLOT], ca, atoms[:, :, C_SLOT], atoms[:, :, O_SLOT]) - math.pi
-    ca_idx = tables.chi_atoms[restype]  # [N, 4, 4]
-    bsz = atoms.shape[0]
-    gathered = torch.gather(atoms, 2, ca_idx.view(1, n, 16, 1).expand(bsz, n, 16, 3)).view(bsz, n, 4, 4, 3)
-    chi = dihedral(gathered[..., 0, :], gathered[..., 1, :], gathered[..., 2, :], gathered[..., 3, :])
-    all_angles = torch.cat([theta.unsqueeze(-1), psi.unsqueeze(-1), phi.unsqueeze(-1), psi_c.unsqueeze(-1), chi], -1)
-    out = torch.stack([torch.cos(all_angles), torch.sin(all_angles)], dim=-1)
-    f = atoms.dtype
-    mask = torch.cat([has_next.to(f).unsqueeze(-1), (~has_prev).to(f).unsqueeze(-1),
-                      (~has_next).to(f).unsqueeze(-1), (~has_next).to(f).unsqueeze(-1),
-                      tables.chi_mask[restype]], dim=-1)
-    return out, mask
+def angles_from_atoms(tables: GeometryTables, atoms, restype, segment):
+    return tables.angles_from_atoms(atoms, restype, segment)
 
 
 def apply_rigid(rotation: torch.Tensor, translation: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -338,13 +362,13 @@ def kabsch_rmsd_free(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> to
     return torch.sqrt(d2.sum() / mask.sum().clamp(min=1.0))
 
 
-def chirality_ok(atoms: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+def chirality_ok(atoms: torch.Tensor, restype: torch.Tensor, gly_index: int = GLY_INDEX) -> torch.Tensor:
     """[B, N] True where Cα is L (improper N-C-CB about CA positive in the PDB sense); GLY True."""
     cb = atoms[:, :, 4]
     # signed volume of (N-CA, C-CA, CB-CA); L-amino acids give a positive value
-    v = torch.cross(atoms[:, :, N_SLOT] - atoms[:, :, CA_SLOT], atoms[:, :, C_SLOT] - atoms[:, :, CA_SLOT], dim=-1)
-    vol = (v * (cb - atoms[:, :, CA_SLOT])).sum(-1)
-    gly = (restype == rc.RESTYPE_INDEX["GLY"]).unsqueeze(0)
+    v = torch.cross(atoms[:, :, 0] - atoms[:, :, 1], atoms[:, :, 2] - atoms[:, :, 1], dim=-1)
+    vol = (v * (cb - atoms[:, :, 1])).sum(-1)
+    gly = (restype == gly_index).unsqueeze(0)
     return (vol > 0) | gly
 
 
@@ -352,10 +376,12 @@ def script_check() -> Dict[str, bool]:
     """Compile every model-facing function with TorchScript (used by the tests)."""
     out: Dict[str, bool] = {}
     for fn in [normalize, dihedral, angle, nerf, frames_from_three_points, segment_neighbours, peptide_axes,
-               peptide_template_xy, build_atoms, residue_atom_mask, place_sidechains, angles_from_atoms,
                apply_rigid, invert_apply_rigid, chirality_ok]:
         torch.jit.script(fn)
         out[fn.__name__] = True
+    scripted = torch.jit.script(GeometryTables())
+    for name in ["build_atoms", "angles_from_atoms", "place_sidechains", "residue_atom_mask", "peptide_template_xy"]:
+        out[name] = hasattr(scripted, name)
     return out
 
 
@@ -374,7 +400,7 @@ def fit_angles(tables: GeometryTables, atoms: torch.Tensor, present: torch.Tenso
     w[:, rc.NUM_HEAVY_SLOTS:] = 0.0
     for _ in range(steps):
         opt.zero_grad()
-        built, _ = build_atoms(tables, atoms[:, :, CA_SLOT], restype, segment, normalize(param))
+        built, _ = build_atoms(tables, atoms[:, :, 1], restype, segment, normalize(param))
         loss = (((built - atoms) ** 2).sum(-1) * w).sum()
         loss.backward()
         opt.step()

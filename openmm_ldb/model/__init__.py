@@ -1,0 +1,5 @@
+"""The LDB model: VQ-VAE over per-residue all-atom environments + latent diffusion."""
+
+from .ldb import LDBConfig, LDBModel, Sampler
+
+__all__ = ["LDBConfig", "LDBModel", "Sampler"]

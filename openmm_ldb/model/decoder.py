@@ -1,0 +1,21 @@
+"""Stage-1 decoder: codes + Cα trace + sequence -> torsion angles (unit cos/sin pairs)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import geometry as geo
+from .trunk import GraphTrunk
+
+
+class Decoder(nn.Module):
+    def __init__(self, hidden: int, layers: int, latent_dim: int):
+        super().__init__()
+        self.trunk = GraphTrunk(hidden, layers, extra_in=latent_dim)
+        self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 2 * geo.NUM_ANGLES))
+
+    def forward(self, node, edge, rel, idx, valid, restype, mask, zq) -> torch.Tensor:
+        h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq)
+        raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
+        return geo.normalize(raw)

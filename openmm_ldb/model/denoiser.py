@@ -1,0 +1,25 @@
+"""Stage-2 denoiser: noisy latents + Cα trace + sequence + time -> clean latents (x0).
+
+ProteinMPNN-style message passing on the kNN Cα graph, time through adaptive layer norm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .diffusion import timestep_embedding
+from .trunk import GraphTrunk
+
+
+class Denoiser(nn.Module):
+    def __init__(self, hidden: int, layers: int, latent_dim: int, time_dim: int = 64):
+        super().__init__()
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+        self.trunk = GraphTrunk(hidden, layers, extra_in=latent_dim, cond_dim=time_dim)
+        self.out = nn.Linear(hidden, latent_dim)
+
+    def forward(self, node, edge, rel, idx, valid, restype, mask, z_t, t) -> torch.Tensor:
+        cond = self.time_mlp(timestep_embedding(t, self.time_dim))  # [B, time_dim]
+        h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond)
+        return self.out(h)

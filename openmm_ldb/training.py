@@ -1,0 +1,204 @@
+"""Training both LDB stages on real structures (``openmm-ldb train``).
+
+The VQ-VAE and the latent denoiser train together in one loop (the denoiser on the
+stop-gradient, z-scored encoder latents), then the denoiser trains alone on the frozen
+encoder for the last part of the run.  Resumable from ``<out>/checkpoint.pt``; logs to
+``<out>/train.log``; runs data-parallel under ``torchrun`` (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from . import residues as rc
+from .model import LDBConfig, LDBModel, Sampler
+
+
+def _cluster_index(chains: list[dict]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, c in enumerate(chains):
+        out.setdefault(c["cluster"], []).append(i)
+    return out
+
+
+def make_batch(chains: list[dict], picks: list[int], crop: int, rng: random.Random, ca_noise: float = 0.0) -> dict:
+    """Pad a list of (cropped) chains into one batch of tensors (Å)."""
+    items = []
+    for i in picks:
+        c = chains[i]
+        n = len(c["restype"])
+        start = rng.randint(0, n - crop) if n > crop else 0
+        sl = slice(start, start + crop)
+        items.append((c["restype"][sl], c["segment"][sl], c["xyz"][sl], c["present"][sl]))
+    length = max(len(it[0]) for it in items)
+    bsz = len(items)
+    nslot = items[0][2].shape[1]
+    restype = torch.zeros(bsz, length, dtype=torch.long)
+    segment = torch.zeros(bsz, length, dtype=torch.long)
+    atoms = torch.zeros(bsz, length, nslot, 3)
+    present = torch.zeros(bsz, length, nslot)
+    mask = torch.zeros(bsz, length)
+    for b, (rt, seg, xyz, pres) in enumerate(items):
+        n = len(rt)
+        restype[b, :n] = torch.as_tensor(rt)
+        seg = torch.as_tensor(seg) - int(seg[0])
+        segment[b, :n] = seg
+        # padding residues: each its own segment, far away, masked out
+        segment[b, n:] = torch.arange(length - n) + int(seg[-1]) + 1000
+        atoms[b, :n] = torch.as_tensor(xyz)
+        atoms[b, n:] = 1000.0 + 10.0 * torch.arange(length - n, dtype=torch.float32).view(-1, 1, 1)
+        present[b, :n] = torch.as_tensor(pres)
+        mask[b, :n] = 1.0
+    # truncated crops can start or end mid-chain; terminal atoms are absent there by design
+    ca = atoms[:, :, 1].clone()
+    if ca_noise > 0:
+        ca = ca + ca_noise * torch.randn_like(ca) * mask.unsqueeze(-1)
+    return {"ca": ca, "atoms": atoms, "present": present, "restype": restype, "segment": segment, "mask": mask}
+
+
+def _log(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(path: str, model: LDBModel, opt, step: int, phase: str, extra: dict | None = None) -> None:
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "phase": phase,
+                "config": model.config.to_dict(), **(extra or {})}, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint
+
+
+@torch.no_grad()
+def validate(model: LDBModel, chains: list[dict], max_chains: int = 24, steps: int = 10) -> dict:
+    """Heavy-atom RMSD (no superposition) on validation chains: with the encoder's own codes
+    (reconstruction) and sampled from the diffusion prior (deterministic mode)."""
+    model.eval()
+    sampler = Sampler(model).eval()
+    recon, sampled, counts = 0.0, 0.0, 0.0
+    for c in chains[:max_chains]:
+        batch = make_batch([c], [0], crop=10_000, rng=random.Random(0))
+        out = model.losses(batch, train_diffusion=False)
+        w = float(batch["present"].sum())
+        recon += float(out["rmsd"]) ** 2 * w
+        atoms, mask = sampler(batch["ca"], batch["restype"][0], batch["segment"][0], steps, 1, 0, True)
+        pred = atoms[:, 0, :, : batch["atoms"].shape[2]]
+        d2 = ((pred - batch["atoms"]) ** 2).sum(-1)
+        pres = batch["present"] * mask[:, : batch["atoms"].shape[2]]
+        perm = model.tables.symmetric_swap[batch["restype"]][:, :, : batch["atoms"].shape[2]]
+        sw = torch.gather(batch["atoms"], 2, perm.unsqueeze(-1).expand(-1, -1, -1, 3))
+        d2sw = ((pred - sw) ** 2).sum(-1)
+        better = ((d2sw * pres).sum(-1) < (d2 * pres).sum(-1)).unsqueeze(-1)
+        d2 = torch.where(better, d2sw, d2)
+        sampled += float((d2 * pres).sum())
+        counts += float(pres.sum())
+    model.train()
+    return {"val_recon_rmsd": math.sqrt(recon / max(counts, 1)), "val_sample_rmsd": math.sqrt(sampled / max(counts, 1))}
+
+
+def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float = 0.7, batch_chains: int = 8,
+          crop: int = 128, lr: float = 1e-3, config: LDBConfig | None = None, seed: int = 0,
+          log_every: int = 20, ckpt_every: int = 200, val_every: int = 500, ca_noise: float = 0.03,
+          threads: int | None = None) -> str:
+    """Train the LDB model for a wall-clock budget; returns the checkpoint path.
+
+    ``dataset`` is the cache written by :func:`openmm_ldb.data.featurize_dataset`.
+    """
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        rank = torch.distributed.get_rank()
+    if threads:
+        torch.set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, "train.log")
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    data = torch.load(dataset, weights_only=False)
+    chains = [c for c in data["chains"] if c["split"] == "train"]
+    val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
+    random.Random(1).shuffle(val)
+    clusters = _cluster_index(chains)
+    cluster_names = sorted(clusters)
+    config = config or LDBConfig()
+    torch.manual_seed(seed + rank)
+    rng = random.Random(seed + 1000 * rank)
+    model = LDBModel(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    step, phase = 0, "joint"
+    elapsed_before = 0.0
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, phase, elapsed_before = ck["step"], ck["phase"], ck.get("elapsed", 0.0)
+        config = LDBConfig(**ck["config"])
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
+    budget = minutes * 60.0
+    t0 = time.time() - elapsed_before
+    if rank == 0:
+        _log(log_path, {"event": "start", "step": step, "phase": phase, "train_chains": len(chains),
+                        "train_clusters": len(clusters), "val_chains": len(val), "config": asdict(config),
+                        "skipped": data.get("skipped", {})})
+    last = time.time()
+    while True:
+        elapsed = time.time() - t0
+        if elapsed > budget:
+            break
+        if phase == "joint" and elapsed > joint_fraction * budget:
+            phase = "denoiser"
+            for mod in (model.encoder, model.decoder, model.quantizer):
+                mod.requires_grad_(False)
+            opt = torch.optim.AdamW(model.denoiser.parameters(), lr=lr * 0.5, weight_decay=1e-4)
+        frac = elapsed / budget
+        scale = min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr * scale * (0.5 if phase == "denoiser" else 1.0)
+        picks = [rng.choice(clusters[rng.choice(cluster_names)]) for _ in range(batch_chains)]
+        batch = make_batch(chains, picks, crop, rng, ca_noise)
+        if phase == "denoiser":
+            model.encoder.eval()
+            model.quantizer.eval()
+        outd = net(batch) if distributed else model.losses(batch)
+        loss = outd["loss"] if phase == "joint" else outd["diffusion"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if rank == 0 and step % log_every == 0:
+            used, ppl = model.quantizer.usage(outd["codes"], batch["mask"])
+            now = time.time()
+            _log(log_path, {"step": step, "phase": phase, "elapsed_min": round((now - t0) / 60, 2),
+                            "loss": round(float(outd["loss"]), 4), "angle": round(float(outd["angle"]), 4),
+                            "coord": round(float(outd["coord"]), 4), "recon_rmsd": round(float(outd["rmsd"]), 3),
+                            "diffusion": round(float(outd["diffusion"]), 4), "commit": round(float(outd["commit"]), 4),
+                            "codes_used": round(used, 3), "perplexity": round(ppl, 1),
+                            "sec_per_step": round((now - last) / log_every, 3)})
+            last = now
+        if rank == 0 and step % ckpt_every == 0:
+            save_checkpoint(ckpt_path, model, opt, step, phase, {"elapsed": time.time() - t0})
+        if rank == 0 and step % val_every == 0:
+            _log(log_path, {"step": step, **validate(model, val)})
+    if rank == 0:
+        save_checkpoint(ckpt_path, model, opt, step, phase, {"elapsed": time.time() - t0})
+        _log(log_path, {"event": "end", "step": step, **validate(model, val, max_chains=60)})
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return ckpt_path
+
+
+# DDP needs a forward(); training calls it with a batch dict
+def _forward(self, batch):
+    return self.losses(batch)
+
+
+LDBModel.forward = _forward

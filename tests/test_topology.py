@@ -1,0 +1,260 @@
+"""CG topologies in, all-atom topologies out (openmm_ldb.topology), on real protein chains."""
+
+import dataclasses
+
+import mdtraj
+import numpy as np
+import openmm
+import pytest
+import torch
+from conftest import as_batch, cg_topology, disulfide_pairs
+from openmm.app import Element, ForceField, Topology
+
+from openmm_ldb import geometry as g
+from openmm_ldb import residues as rc
+from openmm_ldb import topology as tp
+from openmm_ldb.cg import demo_structure_path
+
+
+@pytest.fixture(scope="module")
+def forcefield():
+    return ForceField("amber14-all.xml")
+
+
+def _sub_chain(chain, keep):
+    """The residues ``keep`` (indices) of a real chain, segments left to be recomputed."""
+    keep = np.asarray(keep)
+    return dataclasses.replace(chain, restype=chain.restype[keep], segment=np.zeros(len(keep), dtype=np.int64),
+                               xyz=chain.xyz[:, keep], present=chain.present[keep])
+
+
+def _ca(chain):
+    return chain.xyz[0, :, g.CA_SLOT]
+
+
+def _layout(chains, hydrogens=True, disulfides=None):
+    mapping = tp.read_cg_topology(cg_topology(chains))
+    seg = mapping.segments(np.concatenate([_ca(c) for c in chains]))
+    return mapping, seg, tp.build_aa_topology(mapping, seg, hydrogens=hydrogens, disulfides=disulfides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading CG topologies
+# ----------------------------------------------------------------------------------------------
+def test_read_openmm_topology(real_chains):
+    chain = real_chains[0]
+    top = cg_topology([chain])
+    m = tp.read_cg_topology(top)
+    assert m.n_residues == len(chain.restype) and m.n_particles == top.getNumAtoms()
+    assert np.array_equal(m.restype, chain.restype)
+    assert np.array_equal(m.bead_index, np.arange(len(chain.restype)))
+    assert np.array_equal(m.chain_index, np.zeros(len(chain.restype)))
+    assert m.chain_ids == ["A"] and m.residue_ids[:3] == ["1", "2", "3"]
+    assert np.array_equal(m.segments(_ca(chain)), chain.segment)
+
+
+def test_read_mdtraj_topology(real_chains):
+    chain = real_chains[0]
+    m_omm = tp.read_cg_topology(cg_topology([chain]))
+    m_md = tp.read_cg_topology(mdtraj.Topology.from_openmm(cg_topology([chain])))
+    assert np.array_equal(m_md.restype, m_omm.restype) and np.array_equal(m_md.bead_index, m_omm.bead_index)
+    # a Cα-only topology sliced from a real all-atom structure with mdtraj
+    traj = mdtraj.load(str(demo_structure_path()))
+    ca_traj = traj.atom_slice(traj.topology.select("name CA"))
+    m = tp.read_cg_topology(ca_traj.topology)
+    seq = [rc.RESTYPE_INDEX[rc.canonical_residue_name(r.name)] for r in traj.topology.residues]
+    assert np.array_equal(m.restype, seq) and m.n_particles == ca_traj.n_atoms == 56
+    seg = m.segments(ca_traj.xyz[0] * 10.0)
+    assert (seg == 0).all()
+
+
+def test_custom_bead_name(real_chains):
+    """Two beads per residue (BB and SC): the backbone bead is picked by name."""
+    chain = real_chains[0]
+    top = Topology()
+    c = top.addChain("A")
+    for rt in chain.restype:
+        res = top.addResidue(rc.RESTYPES_3[rt], c)
+        top.addAtom("BB", Element.getBySymbol("C"), res)
+        top.addAtom("SC", Element.getBySymbol("C"), res)
+    m = tp.read_cg_topology(top, bead_name="BB")
+    assert np.array_equal(m.bead_index, 2 * np.arange(len(chain.restype)))
+    assert m.n_particles == 2 * len(chain.restype)
+    with pytest.raises(tp.CGTopologyError, match="no bead named 'CA'"):
+        tp.read_cg_topology(top)
+    # one-atom residues are accepted whatever the bead is called
+    m = tp.read_cg_topology(cg_topology([chain], bead_name="B1"))
+    assert m.n_residues == len(chain.restype)
+
+
+def test_multiple_chains(real_chains):
+    a, b = real_chains[0], real_chains[1 % len(real_chains)]
+    # put chain B's first Cα 3.8 Å from chain A's last one: still a new segment (new chain)
+    b = dataclasses.replace(b, xyz=b.xyz - b.xyz[:1, :1, g.CA_SLOT:g.CA_SLOT + 1]
+                            + _ca(a)[-1] + np.array([3.8, 0.0, 0.0], dtype=np.float32))
+    m = tp.read_cg_topology(cg_topology([a, b]))
+    na, nb = len(a.restype), len(b.restype)
+    assert m.chain_ids == ["A", "B"]
+    assert np.array_equal(m.chain_index, np.r_[np.zeros(na), np.ones(nb)])
+    assert np.array_equal(m.bead_index, np.arange(na + nb))
+    seg = m.segments(np.concatenate([_ca(a), _ca(b)]))
+    assert np.array_equal(seg, np.r_[np.zeros(na), np.ones(nb)])
+
+
+def test_chain_break_from_ca_distance(real_chains):
+    chain = real_chains[0]
+    n = len(chain.restype)
+    cut = n // 2
+    sub = _sub_chain(chain, np.r_[0:cut, cut + 5:n])  # five residues missing: a real gap
+    m = tp.read_cg_topology(cg_topology([sub]))
+    seg = m.segments(_ca(sub))
+    assert np.linalg.norm(_ca(sub)[cut] - _ca(sub)[cut - 1]) > rc.CHAIN_BREAK_CA_CA
+    assert np.array_equal(seg, np.r_[np.zeros(cut), np.ones(n - 5 - cut)])
+    # consecutive real Cα are all closer than the break distance
+    assert (np.linalg.norm(np.diff(_ca(chain), axis=0), axis=-1) < rc.CHAIN_BREAK_CA_CA).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors name the residue and its index
+# ----------------------------------------------------------------------------------------------
+def test_error_unknown_residue(real_chains):
+    top = cg_topology([real_chains[0]])
+    res = list(top.residues())[3]
+    res.name = "XYZ"
+    with pytest.raises(tp.CGTopologyError) as err:
+        tp.read_cg_topology(top)
+    assert isinstance(err.value, ValueError)
+    assert "XYZ" in str(err.value) and "index 3" in str(err.value)
+    m = tp.read_cg_topology(top, skip_unknown=True)
+    assert m.n_residues == len(real_chains[0].restype) - 1 and 3 not in m.bead_index
+    m = tp.read_cg_topology(top, residues=[0, 1, 2])
+    assert m.n_residues == 3
+
+
+def test_error_two_beads(real_chains):
+    top = Topology()
+    c = top.addChain("A")
+    for i, rt in enumerate(real_chains[0].restype[:10]):
+        res = top.addResidue(rc.RESTYPES_3[rt], c)
+        for _ in range(2 if i == 5 else 1):
+            top.addAtom("CA", Element.getBySymbol("C"), res)
+    with pytest.raises(tp.CGTopologyError, match="two beads") as err:
+        tp.read_cg_topology(top)
+    assert rc.RESTYPES_3[real_chains[0].restype[5]] in str(err.value) and "index 5" in str(err.value)
+
+
+def test_error_no_bead_named_ca(real_chains):
+    top = Topology()
+    c = top.addChain("A")
+    for i, rt in enumerate(real_chains[0].restype[:10]):
+        res = top.addResidue(rc.RESTYPES_3[rt], c)
+        for name in (("X1", "X2") if i == 7 else ("CA",)):
+            top.addAtom(name, Element.getBySymbol("C"), res)
+    with pytest.raises(tp.CGTopologyError, match="no bead named 'CA'") as err:
+        tp.read_cg_topology(top)
+    assert rc.RESTYPES_3[real_chains[0].restype[7]] in str(err.value) and "index 7" in str(err.value)
+
+
+def test_error_empty_topology():
+    with pytest.raises(tp.CGTopologyError):
+        tp.read_cg_topology(Topology())
+    top = Topology()
+    top.addChain("A")
+    with pytest.raises(ValueError):
+        tp.read_cg_topology(top)
+
+
+def test_error_one_residue_segment(real_chains):
+    chain = real_chains[0]
+    n = len(chain.restype)
+    sub = _sub_chain(chain, np.r_[0:20, 25, 30:n])  # residue 25 alone between two gaps
+    m = tp.read_cg_topology(cg_topology([sub]))
+    with pytest.raises(tp.CGTopologyError, match="one-residue segment") as err:
+        m.segments(_ca(sub))
+    assert "index 20" in str(err.value) and rc.RESTYPES_3[sub.restype[20]] in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# All-atom topologies
+# ----------------------------------------------------------------------------------------------
+def test_aa_topology_creates_amber_system(real_chains, forcefield):
+    """Every real chain (disulfides passed explicitly as CYX) gets an amber14 System."""
+    n_disulfide = 0
+    for chain in real_chains:
+        ss = disulfide_pairs(chain)
+        n_disulfide += len(ss)
+        mapping, seg, layout = _layout([chain], disulfides=ss)
+        system = forcefield.createSystem(layout.topology)
+        assert system.getNumParticles() == layout.topology.getNumAtoms() == len(layout.slot)
+        names = [r.name for r in layout.topology.residues()]
+        assert names.count("CYX") == 2 * len(ss)
+        sg_bonds = [(a, b) for a, b in layout.topology.bonds() if a.name == "SG" and b.name == "SG"]
+        assert len(sg_bonds) == len(ss)
+        assert sum(1 for a in layout.topology.atoms() if a.name == "OXT") == seg.max() + 1
+    if not n_disulfide:
+        pytest.skip("no disulfide among the real chains (demo structure only)")
+
+
+def test_aa_topology_multi_chain_and_break(real_chains, forcefield):
+    a, b = real_chains[0], real_chains[1 % len(real_chains)]
+    n = len(b.restype)
+    b = _sub_chain(b, np.r_[0:n // 2, n // 2 + 4:n])  # chain B has a gap: two segments
+    mapping, seg, layout = _layout([a, b], disulfides=None)
+    assert seg.max() + 1 == 3
+    system = forcefield.createSystem(layout.topology)
+    assert system.getNumParticles() == layout.topology.getNumAtoms()
+    assert [c.id for c in layout.topology.chains()] == ["A", "B"]
+    # every segment starts with NH3+ and ends with a carboxylate
+    atoms = {(at.residue.index, at.name) for at in layout.topology.atoms()}
+    for s in range(3):
+        first, last = np.flatnonzero(seg == s)[[0, -1]]
+        assert (int(first), "H2") in atoms and (int(first), "H3") in atoms and (int(last), "OXT") in atoms
+    # no peptide bond across the break or between the chains
+    cross = [(x, y) for x, y in layout.topology.bonds() if seg[x.residue.index] != seg[y.residue.index]]
+    assert not cross
+
+
+def test_aa_topology_heavy_atoms_only(real_chains):
+    chain = real_chains[0]
+    n = len(chain.restype)
+    sub = _sub_chain(chain, np.r_[0:n // 2, n // 2 + 4:n])
+    mapping, seg, layout = _layout([sub], hydrogens=False)
+    n_heavy = sum(4 + len(rc.SIDECHAIN_ATOMS[rc.RESTYPES_3[t]]) for t in sub.restype)
+    assert layout.topology.getNumAtoms() == n_heavy + (seg.max() + 1)
+    assert not any(at.element.symbol == "H" for at in layout.topology.atoms())
+    oxt = [at.residue.index for at in layout.topology.atoms() if at.name == "OXT"]
+    assert oxt == [int(np.flatnonzero(seg == s)[-1]) for s in range(seg.max() + 1)]
+
+
+def test_positions_from_slots_in_topology_order(real_chains, forcefield):
+    chain = next((c for c in real_chains if disulfide_pairs(c)), real_chains[0])
+    ss = disulfide_pairs(chain)
+    mapping, seg, layout = _layout([chain], disulfides=ss)
+    tables = g.GeometryTables()
+    xyz, rt, segment, _ = as_batch(chain)
+    angles, _ = g.angles_from_atoms(tables, xyz, rt, torch.as_tensor(seg))
+    built, mask = g.build_atoms(tables, xyz[:, :, g.CA_SLOT], rt, torch.as_tensor(seg), angles)
+    slots = built[0].numpy()
+    pos = layout.positions_from_slots(slots)
+    assert pos.shape == (layout.topology.getNumAtoms(), 3)
+    for k, atom in enumerate(layout.topology.atoms()):
+        i, s = layout.residue[k], layout.slot[k]
+        assert atom.residue.index == i
+        expected = "H1" if (s == rc.H_SLOT and (i == 0 or seg[i] != seg[i - 1])) else rc.slot_names(
+            rc.RESTYPES_3[chain.restype[i]])[s]
+        assert atom.name == expected
+        assert mask[i, s] > 0, f"atom {atom.name} of residue {i} sits in a masked slot"
+        assert np.array_equal(pos[k], slots[i, s])
+    # batched model output keeps its leading dimensions
+    assert layout.positions_from_slots(built.numpy()).shape == (1, layout.topology.getNumAtoms(), 3)
+    # rebuilt positions in topology order: every bond has a bond length, the energy is finite
+    # (SG-SG is only roughly right: plain angles_from_atoms copies chi angles onto ideal geometry)
+    for x, y in layout.topology.bonds():
+        d = np.linalg.norm(pos[x.index] - pos[y.index])
+        hi = 3.0 if x.name == y.name == "SG" else 2.2
+        assert 0.9 < d < hi, f"{x.residue.name}{x.residue.index} {x.name}-{y.name} {d:.2f} Å"
+    system = forcefield.createSystem(layout.topology)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(pos * 0.1)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+    assert np.isfinite(energy)
