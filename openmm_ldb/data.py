@@ -106,18 +106,25 @@ def chain_from_mdtraj(traj, chain_index: int | None = None, name: str = "", skip
 
 
 def read_chain(path: str, chain_id: str, skipped: Counter | None = None) -> Chain | None:
-    """Read one chain (by PDB chain id) of a structure file with mdtraj."""
+    """Read one chain (by PDB chain id) of a structure file with mdtraj.
+
+    mdtraj starts a new chain at every TER record, and many files put TER records inside a
+    chain; all mdtraj chains with the requested id are joined in file order (real gaps are
+    then found from Cα–Cα distances and become segments).
+    """
     import mdtraj
 
     traj = mdtraj.load(path) if not path.endswith(".pdb.gz") else mdtraj.load_pdb(path)
-    chains = [c for c in traj.topology.chains if getattr(c, "chain_id", None) == chain_id]
-    if not chains:
-        chains = [c for c in traj.topology.chains if c.index == 0] if chain_id in ("", None) else []
+    chains = [c.index for c in traj.topology.chains if getattr(c, "chain_id", None) == chain_id]
+    if not chains and chain_id in ("", None):
+        chains = [0]
     if not chains:
         if skipped is not None:
             skipped["chain_not_found"] += 1
         return None
-    return chain_from_mdtraj(traj, chains[0].index, name=f"{os.path.basename(path)}:{chain_id}", skipped=skipped)
+    atoms = [a.index for a in traj.topology.atoms if a.residue.chain.index in chains]
+    sub = traj.atom_slice(atoms)
+    return chain_from_mdtraj(sub, None, name=f"{os.path.basename(path)}:{chain_id}", skipped=skipped)
 
 
 def list_chains(path: str | None = None) -> list[dict]:

@@ -159,16 +159,18 @@ class GeometryTables(torch.nn.Module):
         """Atom mask of internal residues [N, NUM_SLOTS]."""
         return self.atom_mask[restype]
 
+    @torch.jit.export
     def peptide_template_xy(self, dist: torch.Tensor) -> torch.Tensor:
         """Per-peptide in-plane coordinates [..., 5, 2] of C, O, N, H, CA1 (trans or cis from the
         Cα–Cα distance).  C and O stay attached to Cα(i); N and H to Cα(i+1)."""
         cis = (dist < self.cis_threshold).unsqueeze(-1).unsqueeze(-1)
         xy = torch.where(cis, self.peptide_cis, self.peptide_trans)
-        shift = (dist - xy[..., 4, 0]).unsqueeze(-1)  # move N, H with Cα(i+1)
-        sel = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], device=dist.device, dtype=dist.dtype)
-        x = xy[..., 0] + shift * sel
-        return torch.stack([x, xy[..., 1]], dim=-1)
+        # stretch the unit along the Cα–Cα axis to the real distance: the change spreads over
+        # the three backbone bonds instead of landing on C–N alone
+        scale = (dist / xy[..., 4, 0]).unsqueeze(-1)
+        return torch.stack([xy[..., 0] * scale, xy[..., 1]], dim=-1)
 
+    @torch.jit.export
     def build_atoms(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
                     angles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """All atoms of every residue from the Cα trace and the predicted angles.
@@ -238,6 +240,7 @@ class GeometryTables(torch.nn.Module):
         mask = self.residue_atom_mask(restype, has_prev, has_next)
         return atoms * mask.unsqueeze(0).unsqueeze(-1), mask
 
+    @torch.jit.export
     def residue_atom_mask(self, restype: torch.Tensor, has_prev: torch.Tensor,
                           has_next: torch.Tensor) -> torch.Tensor:
         """[N, NUM_SLOTS] which slots exist, with terminal atoms (OXT, H1-3) switched on/off."""
@@ -251,6 +254,7 @@ class GeometryTables(torch.nn.Module):
         mask[:, self.h3_slot] = nterm
         return mask
 
+    @torch.jit.export
     def place_sidechains(self, atoms: torch.Tensor, restype: torch.Tensor,
                          angles: torch.Tensor) -> torch.Tensor:
         """Fill side-chain heavy atoms and hydrogens by walking the z-matrix of each residue type."""
@@ -278,6 +282,7 @@ class GeometryTables(torch.nn.Module):
             atoms = torch.where(write.unsqueeze(0).unsqueeze(-1), new.unsqueeze(2), atoms)
         return atoms
 
+    @torch.jit.export
     def angles_from_atoms(self, atoms: torch.Tensor, restype: torch.Tensor,
                           segment: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Inverse of :func:`build_atoms`: the angles that best reproduce real atoms.

@@ -208,6 +208,8 @@ ANGLE_N_CA_C = 111.2
 ANGLE_CA_C_N = 116.2
 ANGLE_C_N_CA = 121.7
 ANGLE_CA_C_O = 120.8
+ANGLE_CA_C_N_CIS = 119.0
+ANGLE_C_N_CA_CIS = 127.0
 ANGLE_C_N_H = 119.2   # H bisects the C-N-CA exterior angle (in-plane)
 BOND_C_OXT = 1.25     # carboxylate C-O
 BOND_N_H_TERMINAL = 1.01
@@ -237,10 +239,11 @@ def peptide_template(cis: bool = False) -> dict[str, np.ndarray]:
 
     ca0 = np.zeros(2)
     c = np.array([BOND_CA_C, 0.0])
-    n = place(ca0, c, BOND_C_N, ANGLE_CA_C_N, +1)
+    # cis peptides (mostly X-Pro) open CA-C-N and C-N-CA to ~119/127 degrees (Cα–Cα ~2.9 Å)
+    n = place(ca0, c, BOND_C_N, ANGLE_CA_C_N_CIS if cis else ANGLE_CA_C_N, +1)
     o = place(ca0, c, BOND_C_O, ANGLE_CA_C_O, -1)
     # trans: CA(i+1) anti to CA(i) across C-N (zig-zag), H anti to O
-    ca1 = place(c, n, BOND_N_CA, ANGLE_C_N_CA, +1 if cis else -1)
+    ca1 = place(c, n, BOND_N_CA, ANGLE_C_N_CA_CIS if cis else ANGLE_C_N_CA, +1 if cis else -1)
     h = place(c, n, BOND_N_H, ANGLE_C_N_H, -1 if cis else +1)
     pts = {"CA0": ca0, "C": c, "O": o, "N": n, "H": h, "CA1": ca1}
     # rotate so that CA1 lies on +x

@@ -140,7 +140,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, phase, elapsed_before = ck["step"], ck["phase"], ck.get("elapsed", 0.0)
-        config = LDBConfig(**ck["config"])
+        config = LDBConfig(**{**asdict(config), **ck["config"]})
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
     budget = minutes * 60.0
     t0 = time.time() - elapsed_before
@@ -181,6 +181,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
                             "loss": round(float(outd["loss"]), 4), "angle": round(float(outd["angle"]), 4),
                             "coord": round(float(outd["coord"]), 4), "recon_rmsd": round(float(outd["rmsd"]), 3),
                             "diffusion": round(float(outd["diffusion"]), 4), "commit": round(float(outd["commit"]), 4),
+                            "clash": round(float(outd["clash"]), 4), "ring": round(float(outd["ring"]), 4),
                             "codes_used": round(used, 3), "perplexity": round(ppl, 1),
                             "sec_per_step": round((now - last) / log_every, 3)})
             last = now

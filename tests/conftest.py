@@ -16,7 +16,8 @@ import pytest
 import torch
 from openmm.app import Element, Topology
 
-from openmm_ldb import data, residues as rc
+from openmm_ldb import data
+from openmm_ldb import residues as rc
 
 REPO = Path(__file__).resolve().parents[1]
 N_REAL_CHAINS = 6

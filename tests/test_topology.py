@@ -183,7 +183,7 @@ def test_aa_topology_creates_amber_system(real_chains, forcefield):
     for chain in real_chains:
         ss = disulfide_pairs(chain)
         n_disulfide += len(ss)
-        mapping, seg, layout = _layout([chain], disulfides=ss)
+        _mapping, seg, layout = _layout([chain], disulfides=ss)
         system = forcefield.createSystem(layout.topology)
         assert system.getNumParticles() == layout.topology.getNumAtoms() == len(layout.slot)
         names = [r.name for r in layout.topology.residues()]
@@ -199,7 +199,7 @@ def test_aa_topology_multi_chain_and_break(real_chains, forcefield):
     a, b = real_chains[0], real_chains[1 % len(real_chains)]
     n = len(b.restype)
     b = _sub_chain(b, np.r_[0:n // 2, n // 2 + 4:n])  # chain B has a gap: two segments
-    mapping, seg, layout = _layout([a, b], disulfides=None)
+    _mapping, seg, layout = _layout([a, b], disulfides=None)
     assert seg.max() + 1 == 3
     system = forcefield.createSystem(layout.topology)
     assert system.getNumParticles() == layout.topology.getNumAtoms()
@@ -218,7 +218,7 @@ def test_aa_topology_heavy_atoms_only(real_chains):
     chain = real_chains[0]
     n = len(chain.restype)
     sub = _sub_chain(chain, np.r_[0:n // 2, n // 2 + 4:n])
-    mapping, seg, layout = _layout([sub], hydrogens=False)
+    _mapping, seg, layout = _layout([sub], hydrogens=False)
     n_heavy = sum(4 + len(rc.SIDECHAIN_ATOMS[rc.RESTYPES_3[t]]) for t in sub.restype)
     assert layout.topology.getNumAtoms() == n_heavy + (seg.max() + 1)
     assert not any(at.element.symbol == "H" for at in layout.topology.atoms())
@@ -229,9 +229,9 @@ def test_aa_topology_heavy_atoms_only(real_chains):
 def test_positions_from_slots_in_topology_order(real_chains, forcefield):
     chain = next((c for c in real_chains if disulfide_pairs(c)), real_chains[0])
     ss = disulfide_pairs(chain)
-    mapping, seg, layout = _layout([chain], disulfides=ss)
+    _mapping, seg, layout = _layout([chain], disulfides=ss)
     tables = g.GeometryTables()
-    xyz, rt, segment, _ = as_batch(chain)
+    xyz, rt, _segment, _ = as_batch(chain)
     angles, _ = g.angles_from_atoms(tables, xyz, rt, torch.as_tensor(seg))
     built, mask = g.build_atoms(tables, xyz[:, :, g.CA_SLOT], rt, torch.as_tensor(seg), angles)
     slots = built[0].numpy()

@@ -31,6 +31,8 @@ class LDBConfig:
     commitment: float = 0.25
     coord_weight: float = 0.5
     angle_weight: float = 1.0
+    clash_weight: float = 0.5
+    ring_weight: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,9 +75,12 @@ class LDBModel(nn.Module):
         pred = self.decoder(node, edge, rel, idx, valid, restype, mask, zq)
         out["commit"] = commit
         out["angle"] = angle_loss(pred, angles, angle_mask, restype, self.tables)
-        out["coord"], out["rmsd"] = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
+        out["coord"], out["rmsd"], built = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
+        out["clash"] = clash_loss(built, restype, idx, valid, mask, self.tables)
+        out["ring"] = proline_ring_loss(built, restype, mask)
         loss = self.config.angle_weight * out["angle"] + self.config.coord_weight * out["coord"] + \
-            self.config.commitment * commit
+            self.config.commitment * commit + self.config.clash_weight * out["clash"] + \
+            self.config.ring_weight * out["ring"]
         if train_diffusion:
             with torch.no_grad():
                 m = mask.unsqueeze(-1)
@@ -159,7 +164,41 @@ class LDBModel(nn.Module):
         dist = torch.sqrt(d2 + 1e-4).clamp(max=10.0)
         loss = (dist * w).sum() / w.sum().clamp(min=1.0)
         rmsd = torch.sqrt((d2.detach() * w).sum() / w.sum().clamp(min=1.0))
-        return loss, rmsd
+        return loss, rmsd, built
+
+
+def clash_loss(built: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
+               mask: torch.Tensor, tables: geo.GeometryTables, cutoff: float = 2.8, k_clash: int = 8) -> torch.Tensor:
+    """Hinge on heavy-atom pairs of graph-neighbour residues closer than ``cutoff`` Å.
+
+    Residues i and i±1 are skipped (bonded backbone atoms sit closer than any cutoff); the
+    k-nearest-neighbour graph keeps the cost linear in residues.
+    """
+    b, n, s, _ = built.shape
+    idx = idx[..., :k_clash]
+    valid = valid[..., :k_clash]
+    k = idx.shape[-1]
+    am = tables.atom_mask[restype][:, :, :s] * mask.unsqueeze(-1)     # [B, N, S]
+    am[:, :, rc.OXT_SLOT:] = 0.0
+    flat = built.reshape(b, n, s * 3)
+    nb = torch.gather(flat, 1, idx.reshape(b, n * k, 1).expand(b, n * k, s * 3)).view(b, n, k, s, 3)
+    nb_mask = torch.gather(am, 1, idx.reshape(b, n * k, 1).expand(b, n * k, s)).view(b, n, k, s)
+    pos = torch.arange(n, device=built.device).view(1, n, 1)
+    far = ((idx - pos).abs() > 1).to(built.dtype) * valid               # [B, N, K]
+    own = built.unsqueeze(2).expand(b, n, k, s, 3).reshape(b * n * k, s, 3)
+    d = torch.cdist(own, nb.reshape(b * n * k, s, 3)).view(b, n, k, s, s)
+    pair = am.unsqueeze(2).unsqueeze(4) * nb_mask.unsqueeze(3) * far.unsqueeze(-1).unsqueeze(-1)
+    viol = torch.relu(cutoff - d) ** 2 * pair
+    return viol.sum() / mask.sum().clamp(min=1.0)
+
+
+def proline_ring_loss(built: torch.Tensor, restype: torch.Tensor, mask: torch.Tensor,
+                      bond: float = 1.473) -> torch.Tensor:
+    """PRO's CD–N bond closes the ring; the z-matrix does not enforce it, this loss does."""
+    pro = (restype == rc.RESTYPE_INDEX["PRO"]).to(built.dtype) * mask
+    cd = rc.slot_names("PRO").index("CD")
+    d = torch.sqrt(((built[:, :, cd] - built[:, :, 0]) ** 2).sum(-1) + 1e-6)
+    return (((d - bond) ** 2) * pro).sum() / pro.sum().clamp(min=1.0)
 
 
 def _pad_slots(present: torch.Tensor) -> torch.Tensor:
