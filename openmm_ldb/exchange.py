@@ -328,7 +328,7 @@ def to_all_atom(cg_simulation: app.Simulation, backmapper=None, solvent: str = "
         ``LangevinMiddleIntegrator`` settings (300 K, 1/ps, 2 fs).
     minimize_iterations : int
         Iterations of the Cα-restrained minimisation (0 skips it).
-    free_minimize_iterations : int, optional
+    free_minimize_iterations : int
         Iterations of the following unrestrained minimisation (0 skips it).
     restraint_k : float
         Cα restraint force constant in kJ/mol/nm².
