@@ -256,11 +256,15 @@ class Pt2Sampler:
                              "(export again with export_pt2(..., steps=...) or use the TorchScript file)")
         if int(samples) < 1:
             raise ValueError("samples must be >= 1")
+        if ca.dim() != 3 or ca.shape[1] < MIN_RESIDUES:
+            raise ValueError(f"this .pt2 model needs ca of shape [B, N, 3] with N >= {MIN_RESIDUES} residues "
+                             f"(got {tuple(ca.shape)}); use the TorchScript file for shorter chains")
         dev = self.device
         rng = torch.tensor([int(seed), int(bool(deterministic))], dtype=torch.int64, device=dev)
         slots = torch.zeros(int(samples), device=dev)
-        return self.program(ca.to(dev, torch.float32), restype.to(dev, torch.int64), segment.to(dev, torch.int64),
-                            slots, rng)
+        with torch.no_grad():
+            return self.program(ca.to(dev, torch.float32), restype.to(dev, torch.int64),
+                                segment.to(dev, torch.int64), slots, rng)
 
     # parity with torch.jit modules
     def eval(self):

@@ -6,11 +6,13 @@
 // virtual angles and torsions that favour a helix, and a weak Lennard-Jones attraction between
 // beads more than two bonds apart.  Every `interval` Langevin steps the State's positions are
 // backmapped with the exported LDB model and written as MODEL records of OUT.pdb.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
