@@ -56,7 +56,8 @@ def ca_rmsd(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="resolution_exchange")
     p.add_argument("--structure", default=str(cg.demo_structure_path()), help="all-atom native structure (Go model)")
     p.add_argument("--model", default=None, help="exported LDB model (default: the shipped one)")
@@ -94,11 +95,12 @@ def main(argv=None) -> dict:
     cg_sim.reporters.append(DCDReporter(os.path.join(args.out_dir, "cg.dcd"), args.cg_interval))
 
     aa_path = os.path.join(args.out_dir, "aa.dcd")
-    writer = None
+    writer, writer_atoms = None, None
     aa_step = 0  # all-atom steps so far: the all-atom step counter runs on across segments
     rows = []
     t_start = time.time()
-    print(f"{'segment':>10} {'time (ps)':>10} {'steps':>7} {'wall (s)':>8} {'E pot (kJ/mol)':>15} {'Cα RMSD (Å)':>11}")
+    print(f"{'segment':>10} {'time (ps)':>10} {'steps':>7} {'wall (s)':>8} {'E pot (kJ/mol)':>15} "
+          f"{'Cα RMSD (Å)':>11}")
 
     def log(kind, sim, steps, wall):
         state = sim.context.getState(positions=True, energy=True)
@@ -108,7 +110,8 @@ def main(argv=None) -> dict:
                "wall_s": wall, "energy": state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
                "ca_rmsd": ca_rmsd(np.asarray(ca), native)}
         rows.append(row)
-        print(f"{kind:>10} {row['time_ps']:10.1f} {steps:7d} {wall:8.1f} {row['energy']:15.1f} {row['ca_rmsd']:11.2f}")
+        print(f"{kind:>10} {row['time_ps']:10.1f} {steps:7d} {wall:8.1f} {row['energy']:15.1f} "
+              f"{row['ca_rmsd']:11.2f}")
 
     for cycle in range(args.cycles):
         t = time.time()
@@ -122,7 +125,7 @@ def main(argv=None) -> dict:
                                       free_minimize_iterations=args.free_minimize_iterations,
                                       seed=args.seed + cycle)
         log("switch", aa_sim, 0, time.time() - t)
-        if writer is None or writer_atoms != aa_sim.topology.getNumAtoms():
+        if writer_atoms != aa_sim.topology.getNumAtoms():
             # a new file when the all-atom system changes (explicit water, a disulfide formed)
             if writer is not None:
                 writer.close()

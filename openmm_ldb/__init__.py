@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Backmapper", "LDBReporter", "Refiner", "TrajectoryWriter", "cg"]
+__all__ = ["Backmapper", "LDBReporter", "Refiner", "SnapshotReporter", "TrajectoryWriter", "cg", "exchange"]
 
 
 def __getattr__(name):
@@ -19,7 +19,10 @@ def __getattr__(name):
     if name == "TrajectoryWriter":
         from .writers import TrajectoryWriter
         return TrajectoryWriter
-    if name == "cg":
+    if name == "SnapshotReporter":
+        from .snapshots import SnapshotReporter
+        return SnapshotReporter
+    if name in ("cg", "exchange"):
         import importlib
-        return importlib.import_module(".cg", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(name)

@@ -33,6 +33,7 @@ import openmm.unit as unit
 from openmm import app
 
 from . import residues as rc
+from .refine import add_obc2, minimize_context  # noqa: F401  (re-exported)
 
 __all__ = ["ResolutionMap", "add_obc2", "minimize_context", "to_all_atom", "to_coarse_grained"]
 
@@ -40,9 +41,6 @@ SOLVENTS = ("implicit", "explicit", "vacuum")
 RESTRAINT_PARAMETER = "ldb_ca_restraint_k"
 
 # OBC2 radii (mbondi2, nm) and screening factors by element, as implicit/obc2.xml; H on N: 0.13 nm.
-_OBC_RADIUS = {"H": 0.12, "C": 0.17, "N": 0.155, "O": 0.15, "S": 0.18, "P": 0.185, "F": 0.15, "Cl": 0.17,
-               "Br": 0.185, "I": 0.198}
-_OBC_SCALE = {"H": 0.85, "C": 0.72, "N": 0.79, "O": 0.85, "S": 0.96, "P": 0.86, "F": 0.88}
 
 _default_backmapper = None
 
@@ -125,50 +123,6 @@ class ResolutionMap:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def add_obc2(system: openmm.System, topology: app.Topology, solvent_dielectric: float = 78.5,
-             solute_dielectric: float = 1.0) -> openmm.GBSAOBCForce:
-    """Add OBC2 implicit solvent as a native ``GBSAOBCForce`` (mbondi2 radii) to an amber System.
-
-    Charges are read from the System's ``NonbondedForce``; the cutoff method follows it
-    (no cutoff, or a cutoff for periodic and cutoff systems).
-
-    Returns
-    -------
-    openmm.GBSAOBCForce
-        The force added.
-    """
-    nb = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-    gb = openmm.GBSAOBCForce()
-    gb.setSolventDielectric(float(solvent_dielectric))
-    gb.setSoluteDielectric(float(solute_dielectric))
-    h_on_n = set()
-    for a, b in topology.bonds():
-        for x, y in ((a, b), (b, a)):
-            if x.element is not None and y.element is not None and x.element.symbol == "H" \
-                    and y.element.symbol == "N":
-                h_on_n.add(x.index)
-    for atom in topology.atoms():
-        charge = nb.getParticleParameters(atom.index)[0]
-        sym = atom.element.symbol if atom.element is not None else "C"
-        radius = 0.13 if atom.index in h_on_n else _OBC_RADIUS.get(sym, 0.15)
-        gb.addParticle(charge, radius, _OBC_SCALE.get(sym, 0.8))
-    if nb.getNonbondedMethod() == openmm.NonbondedForce.NoCutoff:
-        gb.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
-    else:
-        gb.setNonbondedMethod(openmm.GBSAOBCForce.CutoffPeriodic if system.usesPeriodicBoundaryConditions()
-                              else openmm.GBSAOBCForce.CutoffNonPeriodic)
-        gb.setCutoffDistance(nb.getCutoffDistance())
-    system.addForce(gb)
-    return gb
-
-
-def _nm(value) -> np.ndarray:
-    if unit.is_quantity(value):
-        value = value.value_in_unit(unit.nanometer)
-    return np.asarray([[float(c) for c in v] for v in value] if not isinstance(value, np.ndarray) else value,
-                      dtype=np.float64)
-
-
 def _quantity(x, u):
     return x if unit.is_quantity(x) else x * u
 
@@ -218,9 +172,9 @@ def _parse_box(box_padding):
     if arr.ndim == 0:
         return "padding", float(arr) * unit.nanometer
     if arr.shape == (3,):
-        return "boxSize", openmm.Vec3(*arr) * unit.nanometer
+        return "boxSize", openmm.Vec3(*(float(v) for v in arr)) * unit.nanometer
     if arr.shape == (3, 3):
-        return "boxVectors", tuple(openmm.Vec3(*row) * unit.nanometer for row in arr)
+        return "boxVectors", tuple(openmm.Vec3(*(float(v) for v in row)) * unit.nanometer for row in arr)
     raise ValueError(f"box_padding must be a length (padding), three box lengths or three box vectors; "
                      f"got shape {arr.shape}")
 
@@ -229,25 +183,6 @@ def _default_forcefield(solvent: str) -> tuple[str, ...]:
     if solvent == "explicit":
         return ("amber14-all.xml", "amber14/tip3p.xml")
     return ("amber14-all.xml",)
-
-
-def minimize_context(context: openmm.Context, tolerance: float = 10.0, max_iterations: int = 500,
-                     max_restarts: int = 10) -> float:
-    """``LocalEnergyMinimizer.minimize`` that restarts while the energy is absurd.
-
-    From near-overlapping atoms (energies of 1e19 kJ/mol) the L-BFGS minimiser can stop after a
-    few iterations with the energy still ~1e11; a restart from there proceeds normally.  The
-    minimiser is restarted while the energy is above 1000 kJ/mol per particle (up to
-    ``max_restarts`` times).  Returns the final potential energy in kJ/mol.
-    """
-    limit = 1000.0 * context.getSystem().getNumParticles()
-    energy = float("inf")
-    for _ in range(max_restarts + 1):
-        openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations)
-        energy = context.getState(energy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        if np.isfinite(energy) and energy < limit:
-            break
-    return energy
 
 
 def _minimize(system, topology, positions, ca_index, ca_targets_nm, restraint_k, restrained_iterations,
@@ -373,9 +308,11 @@ def to_all_atom(cg_simulation: app.Simulation, backmapper=None, solvent: str = "
     plan = backmapper.plan(cg_simulation.topology, cg_xyz, bead_name, residues, skip_unknown, hydrogens=True,
                            box_vectors=box)
     mapping = plan.mapping
-    ca = backmapper._ca_frames(mapping, cg_xyz, box)[0] / 10.0  # whole chains, nm
-    if box is not None and solvent != "explicit":
-        ca = _gather_chains(ca, mapping.chain_index, box)
+    ca = np.asarray(cg_xyz, dtype=np.float64)[mapping.bead_index]
+    if box is not None:  # whole chains; for a non-periodic all-atom system also the complex gathered
+        ca = _whole(ca, mapping.chain_index, np.asarray(box, dtype=np.float64))
+        if solvent != "explicit":
+            ca = _gather_chains(ca, mapping.chain_index, np.asarray(box, dtype=np.float64))
     # backmap the (whole, gathered) Cα trace: the all-atom Cα sit exactly on it
     full = np.zeros((mapping.n_particles, 3))
     full[mapping.bead_index] = ca

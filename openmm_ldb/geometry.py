@@ -57,7 +57,7 @@ def angle(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 def nerf(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bond: torch.Tensor, bond_angle: torch.Tensor,
          torsion: torch.Tensor) -> torch.Tensor:
-    """Place atom d with |cd| = bond, angle b-c-d = bond_angle, dihedral a-b-c-d = torsion.
+    """Place atom d with ``|cd| = bond``, angle b-c-d = bond_angle, dihedral a-b-c-d = torsion.
 
     Natural extension reference frame (Parsons et al. 2005); angles in radians, broadcastable.
     """

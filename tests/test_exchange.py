@@ -5,6 +5,8 @@ itself is sound: minimisation removes overlaps, energies stay finite, the Cα fo
 and both simulations keep running.
 """
 
+import os
+
 import numpy as np
 import openmm
 import openmm.unit as unit
@@ -24,12 +26,17 @@ MIN_HEAVY_DISTANCE = 1.0  # Å, any two heavy atoms not bonded to each other
 
 
 @pytest.fixture(scope="module")
-def backmapper(tmp_path_factory):
+def model_path(tmp_path_factory):
     torch.manual_seed(0)
     model = LDBModel(LDBConfig(hidden=16, encoder_layers=1, decoder_layers=1, denoiser_layers=1, num_codes=64))
     path = str(tmp_path_factory.mktemp("model") / "tiny.pt")
     export_model(model, path, {"note": "untrained test model"})
-    return Backmapper(path, device="cpu")
+    return path
+
+
+@pytest.fixture(scope="module")
+def backmapper(model_path):
+    return Backmapper(model_path, device="cpu")
 
 
 def _go_sim(seed=3, **kwargs):
@@ -184,3 +191,23 @@ def test_bad_solvent(backmapper):
     _, cg_sim = _go_sim()
     with pytest.raises(ValueError, match="unknown solvent"):
         exchange.to_all_atom(cg_sim, backmapper, solvent="water")
+
+
+def test_example_quick(model_path, tmp_path):
+    """examples/resolution_exchange.py --quick runs and writes both trajectories."""
+    import importlib.util
+
+    import mdtraj
+
+    spec = importlib.util.spec_from_file_location(
+        "resolution_exchange", os.path.join(os.path.dirname(__file__), "..", "examples", "resolution_exchange.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--quick", "--model", model_path, "--out-dir", str(tmp_path), "--threads", "1"])
+    kinds = [row["segment"] for row in result["rows"]]
+    assert kinds == ["CG", "switch", "all-atom"] * 2 + ["CG"]
+    assert all(np.isfinite(row["energy"]) for row in result["rows"])
+    aa = mdtraj.load(str(tmp_path / "aa.dcd"), top=str(tmp_path / "aa.pdb"))
+    cg_traj = mdtraj.load(str(tmp_path / "cg.dcd"), top=str(tmp_path / "cg.pdb"))
+    assert aa.n_frames == 4 and aa.n_residues == cg_traj.n_atoms == 56  # 2 segments x 20 steps / 10
+    assert cg_traj.n_frames == 6  # 3 CG segments x 200 steps / 100

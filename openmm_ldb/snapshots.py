@@ -1,0 +1,399 @@
+"""All-atom snapshots of a CG simulation, one complete PDB file per frame (e.g. for docking).
+
+:class:`SnapshotReporter` backmaps every Nth frame of a Cα coarse-grained simulation and
+writes it as its own PDB file, named by step (``frame_000001000.pdb``), with hydrogens,
+``SSBOND`` and ``CONECT`` records for disulfides, and optionally a short restrained amber14
+minimisation.  It works synchronously (snapshots are rare; nothing to wait for at the end).
+
+The helpers :func:`write_pdb`, :func:`pocket_residues` and :func:`subset` write such files
+and cut regions (e.g. a binding pocket) out of them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import openmm.unit as unit
+from openmm.app import PDBFile, Topology
+
+__all__ = ["SnapshotReporter", "find_residue", "pocket_residues", "snapshot_path", "ssbond_records", "subset",
+           "write_pdb"]
+
+# force-field residue names and their PDB names (PDB files say CYS and mark disulfides by SSBOND)
+PDB_RESIDUE_NAMES = {"CYX": "CYS", "CYM": "CYS", "HIE": "HIS", "HID": "HIS", "HIP": "HIS", "ASH": "ASP",
+                     "GLH": "GLU", "LYN": "LYS"}
+
+
+def snapshot_path(directory: str, prefix: str, step: int, sample: int | None = None, digits: int = 9) -> str:
+    """``<directory>/<prefix>_<step, zero-padded>[_s<sample>].pdb``."""
+    name = f"{prefix}_{int(step):0{digits}d}"
+    if sample is not None:
+        name += f"_s{int(sample)}"
+    return os.path.join(directory, name + ".pdb")
+
+
+# ---------------------------------------------------------------------------------------------- topology
+def subset(topology: Topology, positions, residues=None, rename: dict | None = None):
+    """A copy of ``topology`` (chains, residues, atoms, bonds, box) restricted to some residues.
+
+    Parameters
+    ----------
+    topology : openmm.app.Topology
+    positions : Quantity or array (nm), shape (n_atoms, 3)
+    residues : iterable of int, optional
+        Indices of the residues to keep (all when omitted).  Bonds between kept atoms are kept;
+        empty chains are left out.
+    rename : dict, optional
+        Residue names to replace, e.g. :data:`PDB_RESIDUE_NAMES`.
+
+    Returns
+    -------
+    topology : openmm.app.Topology
+    positions : Quantity (nm)
+    """
+    keep = None if residues is None else {int(i) for i in residues}
+    rename = rename or {}
+    xyz = positions.value_in_unit(unit.nanometer) if unit.is_quantity(positions) else positions
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    out = Topology()
+    out.setPeriodicBoxVectors(topology.getPeriodicBoxVectors())
+    atom_map, new_xyz = {}, []
+    for chain in topology.chains():
+        new_chain = None
+        for res in chain.residues():
+            if keep is not None and res.index not in keep:
+                continue
+            if new_chain is None:
+                new_chain = out.addChain(chain.id)
+            new_res = out.addResidue(rename.get(res.name, res.name), new_chain, id=res.id,
+                                     insertionCode=getattr(res, "insertionCode", ""))
+            for atom in res.atoms():
+                atom_map[atom] = out.addAtom(atom.name, atom.element, new_res, id=atom.id)
+                new_xyz.append(xyz[atom.index])
+    for bond in topology.bonds():
+        a, b = bond[0], bond[1]
+        if a in atom_map and b in atom_map:
+            out.addBond(atom_map[a], atom_map[b], type=bond.type, order=bond.order)
+    return out, unit.Quantity(np.array(new_xyz).reshape(-1, 3), unit.nanometer)
+
+
+def find_residue(topology: Topology, residue_id, chain: str | None = None) -> int:
+    """Index of the residue with PDB id ``residue_id`` (in chain ``chain``, else the first chain
+    that has it)."""
+    for res in topology.residues():
+        if str(res.id).strip() == str(residue_id).strip() and (chain is None or res.chain.id == chain):
+            return res.index
+    where = f" in chain {chain}" if chain is not None else ""
+    raise ValueError(f"no residue with id {residue_id!r}{where}")
+
+
+def pocket_residues(topology: Topology, positions, residue: int, radius=10.0 * unit.angstrom,
+                    heavy_only: bool = True) -> list[int]:
+    """Residues with any atom within ``radius`` of any atom of residue ``residue``.
+
+    Parameters
+    ----------
+    topology : openmm.app.Topology
+    positions : Quantity or array (nm)
+    residue : int
+        Index (topology order) of the residue at the centre of the pocket; it is included.
+    radius : Quantity or float (Å)
+    heavy_only : bool
+        Measure between heavy atoms only.
+
+    Returns
+    -------
+    list of int
+        Residue indices, in topology order.
+    """
+    cutoff = radius.value_in_unit(unit.nanometer) if unit.is_quantity(radius) else float(radius) / 10.0
+    xyz = positions.value_in_unit(unit.nanometer) if unit.is_quantity(positions) else positions
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    atoms = [a for a in topology.atoms() if not heavy_only or a.element is None or a.element.symbol != "H"]
+    centre = np.array([a.index for a in atoms if a.residue.index == int(residue)])
+    if len(centre) == 0:
+        raise ValueError(f"residue {residue} has no atoms to measure from")
+    idx = np.array([a.index for a in atoms])
+    res_of = np.array([a.residue.index for a in atoms])
+    d = np.linalg.norm(xyz[idx][:, None, :] - xyz[centre][None, :, :], axis=-1).min(axis=1)
+    return sorted(set(res_of[d <= cutoff].tolist()) | {int(residue)})
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _pdb_ids(topology: Topology, keep_ids: bool) -> dict:
+    """residue -> (chain id, residue number string) as PDBFile.writeModel writes them."""
+    ids = {}
+    for c, chain in enumerate(topology.chains()):
+        chain_id = chain.id if keep_ids else chr(ord("A") + c % 26)
+        for r, res in enumerate(chain.residues()):
+            ids[res] = (chain_id[:1] or " ", str(res.id) if keep_ids else str((r + 1) % 10000))
+    return ids
+
+
+def _ids_writable(topology: Topology) -> bool:
+    for chain in topology.chains():
+        if len(chain.id) > 1:
+            return False
+        for res in chain.residues():
+            rid = str(res.id).strip()
+            if not rid.lstrip("-").isdigit() or len(rid) > 4:
+                return False
+    return True
+
+
+def ssbond_records(topology: Topology, positions=None, keep_ids: bool = True) -> list[str]:
+    """PDB ``SSBOND`` lines for the SG–SG bonds of a topology (with lengths when positions are given)."""
+    xyz = None
+    if positions is not None:
+        xyz = positions.value_in_unit(unit.angstrom) if unit.is_quantity(positions) else \
+            np.asarray(positions) * 10.0
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    ids = _pdb_ids(topology, keep_ids)
+    lines = []
+    for bond in topology.bonds():
+        a, b = bond[0], bond[1]
+        if a.name != "SG" or b.name != "SG" or a.residue is b.residue:
+            continue
+        if a.residue.index > b.residue.index:
+            a, b = b, a
+        (c1, r1), (c2, r2) = ids[a.residue], ids[b.residue]
+        ic1 = (getattr(a.residue, "insertionCode", "") or " ")[:1]
+        ic2 = (getattr(b.residue, "insertionCode", "") or " ")[:1]
+        line = f"SSBOND {len(lines) + 1:3d} CYS {c1} {r1:>4s}{ic1}   CYS {c2} {r2:>4s}{ic2}"
+        line = line.ljust(59) + "  1555   1555"  # columns 60-65 and 67-72: symmetry operators
+        if xyz is not None:
+            line += f" {np.linalg.norm(xyz[a.index] - xyz[b.index]):5.2f}"  # columns 74-78: length (Å)
+        lines.append(line)
+    return lines
+
+
+def write_pdb(topology: Topology, positions, file, standard_names: bool = True, remarks=(),
+              keep_ids: bool | None = None) -> None:
+    """Write one structure as a complete PDB file with ``SSBOND`` and ``CONECT`` records.
+
+    Parameters
+    ----------
+    topology : openmm.app.Topology
+    positions : Quantity or array (nm)
+    file : str or file object
+    standard_names : bool
+        Write force-field residue names as PDB names (``CYX`` -> ``CYS``, ``HIE`` -> ``HIS``...):
+        the disulfide is then given by ``SSBOND`` and ``CONECT`` records, which is what PDB
+        readers (OpenMM's ``PDBFile``, docking preparation tools) expect.  With False, ``CYX``
+        residues are written as OpenMM writes non-standard residues (``HETATM`` + ``CONECT``).
+    remarks : iterable of str
+        Text for ``REMARK 99`` lines.
+    keep_ids : bool, optional
+        Keep the topology's residue numbers and chain ids (default: when they fit PDB columns).
+    """
+    if standard_names:
+        topology, positions = subset(topology, positions, rename=PDB_RESIDUE_NAMES)
+    if not unit.is_quantity(positions):
+        positions = unit.Quantity(np.asarray(positions, dtype=np.float64), unit.nanometer)
+    if keep_ids is None:
+        keep_ids = _ids_writable(topology)
+    header = io.StringIO()
+    PDBFile.writeHeader(topology, header)
+    head = header.getvalue().splitlines()
+    lines = [h for h in head if h.startswith("REMARK")]
+    lines += [f"REMARK  99 {text}" for r in remarks for text in str(r).splitlines()]
+    lines += ssbond_records(topology, positions, keep_ids)
+    lines += [h for h in head if not h.startswith("REMARK")]
+    body = io.StringIO()
+    PDBFile.writeModel(topology, positions, body, keepIds=keep_ids)
+    PDBFile.writeFooter(topology, body)
+    text = "\n".join(lines) + "\n" + body.getvalue()
+    if isinstance(file, (str, os.PathLike)):
+        tmp = os.fspath(file) + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, file)  # a reader never sees half a file
+    else:
+        file.write(text)
+
+
+# ---------------------------------------------------------------------------------------------- reporter
+class SnapshotReporter(object):
+    """SnapshotReporter backmaps every Nth frame of a Cα coarse-grained simulation and writes
+    each as its own complete all-atom PDB file, named by step.
+
+    Files are ``<directory>/<prefix>_<step>.pdb`` with the step zero-padded to nine digits
+    (``frame_000001000.pdb``), or ``<prefix>_<step>_s<k>.pdb`` for sample ``k`` when
+    ``nSamples > 1``.  Each file has hydrogens, ``SSBOND`` and ``CONECT`` records for
+    disulfides, and the CG residue numbers and chain ids.  Backmapping runs synchronously in
+    ``report()``: every file is complete when ``Simulation.step()`` returns.
+
+    To use it, create a SnapshotReporter, then add it to the Simulation's list of reporters::
+
+        simulation.reporters.append(SnapshotReporter('snapshots', 10000))
+    """
+
+    def __init__(self, directory, reportInterval, backmapper=None, model=None, device=None, prefix="frame",
+                 nSamples=1, seed=None, hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=200,
+                 refinePlatform=None, beadName="CA", residues=None, skipUnknown=False, standardNames=True,
+                 digits=9, steps=10):
+        """Create a SnapshotReporter.
+
+        Parameters
+        ----------
+        directory : string
+            The folder to write the PDB files to (created if needed).
+        reportInterval : int
+            The interval (in time steps) at which to write snapshots.
+        backmapper : Backmapper=None
+            The backmapper to use; one is created from ``model`` and ``device`` otherwise.
+        model : string=None
+            Path of an exported model; the shipped default when None.
+        device : string=None
+            ``'cuda'`` or ``'cpu'``; CUDA when available by default.
+        prefix : string='frame'
+            Start of every file name.
+        nSamples : int=1
+            All-atom structures drawn per snapshot, one file each (``_s0``, ``_s1``...).
+        seed : int=None
+            Seed of the sampler.  With one sample and no seed the deterministic mode writes the
+            single best structure.
+        hydrogens : bool=True
+            Write hydrogens (always on with ``minimize``).
+        minimize : bool=False
+            Run a short Cα-restrained amber14 minimisation of each structure.
+        solvent : string='vacuum'
+            'vacuum' or 'obc' (fast native implicit solvent) for the minimisation.
+        minimizeIterations : int=200
+            Minimiser iterations per structure.
+        refinePlatform : string=None
+            OpenMM platform for the minimisation.
+        beadName : string='CA'
+            Name of the Cα bead of each residue.
+        residues : list of int=None
+            Indices of the CG residues to backmap (others, e.g. ions or ligands, are left out).
+        skipUnknown : bool=False
+            Leave out residues that are not amino acids instead of raising an error.
+        standardNames : bool=True
+            Write PDB residue names (``CYS`` with ``SSBOND``), not force-field names (``CYX``).
+        digits : int=9
+            Digits of the zero-padded step in the file names.
+        steps : int=10
+            Denoising steps of the sampler.
+        """
+        if backmapper is None:
+            from .backmapper import Backmapper
+
+            backmapper = Backmapper(model, device=device, steps=steps)
+        self._directory = os.fspath(directory)
+        self._reportInterval = int(reportInterval)
+        self._backmapper = backmapper
+        self._prefix = prefix
+        self._nSamples = int(nSamples)
+        self._seed = seed
+        self._hydrogens = bool(hydrogens) or bool(minimize)
+        self._minimize = bool(minimize)
+        self._solvent = solvent
+        self._minimizeIterations = int(minimizeIterations)
+        self._refinePlatform = refinePlatform
+        self._beadName = beadName
+        self._residues = residues
+        self._skipUnknown = skipUnknown
+        self._standardNames = bool(standardNames)
+        self._digits = int(digits)
+        self._plan = None
+        self._refiner = None
+        self._frameIndex = 0
+        self._files = []
+        os.makedirs(self._directory, exist_ok=True)
+
+    @property
+    def plan(self):
+        """The :class:`BackmapPlan` (all-atom topology, chains, disulfides); None before the first report."""
+        return self._plan
+
+    @property
+    def topology(self):
+        """The all-atom ``openmm.app.Topology`` written (None before the first report)."""
+        return None if self._plan is None else self._plan.topology
+
+    @property
+    def files(self):
+        """Paths of the files written so far, in order."""
+        return list(self._files)
+
+    def describeNextReport(self, simulation):
+        """Get information about the next report this object will generate.
+
+        Parameters
+        ----------
+        simulation : Simulation
+            The Simulation to generate a report for
+
+        Returns
+        -------
+        dict
+            A dictionary describing the required information for the next report
+        """
+        steps = self._reportInterval - simulation.currentStep % self._reportInterval
+        return {'steps': steps, 'periodic': False, 'include': ['positions']}
+
+    def report(self, simulation, state):
+        """Backmap the current frame and write its PDB file(s).
+
+        Parameters
+        ----------
+        simulation : Simulation
+            The Simulation to generate a report for
+        state : State
+            The current state of the simulation
+        """
+        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        box = None
+        if simulation.system.usesPeriodicBoundaryConditions():
+            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        if self._plan is None:
+            self._plan = self._backmapper.plan(simulation.topology, positions, self._beadName, self._residues,
+                                               self._skipUnknown, self._hydrogens, box_vectors=box)
+            if self._minimize:
+                from .refine import Refiner
+
+                self._refiner = Refiner(self._plan.topology, self._solvent, max_iterations=self._minimizeIterations,
+                                        platform=self._refinePlatform)
+        seed = None
+        if self._seed is not None or self._nSamples > 1:
+            seed = (0 if self._seed is None else int(self._seed)) + 7919 * self._frameIndex
+        xyz = self._backmapper.sample(self._plan, positions, self._nSamples, seed=seed,
+                                      deterministic=(self._nSamples == 1 and self._seed is None),
+                                      box_vectors=box)[0] / 10.0  # [S, atoms, 3] nm
+        step = int(simulation.currentStep)
+        time_ps = state.getTime().value_in_unit(unit.picosecond)
+        for s in range(self._nSamples):
+            frame = xyz[s]
+            remarks = [f"openmm-ldb snapshot: step {step}, time {time_ps:.3f} ps"
+                       + (f", sample {s} of {self._nSamples}" if self._nSamples > 1 else "")]
+            if self._refiner is not None:
+                frame = self._refine(frame)
+                remarks.append(f"restrained amber14 minimisation ({self._solvent}), "
+                               f"energy {self._refiner.energy(frame):.1f} kJ/mol (with Cα restraints)")
+            path = snapshot_path(self._directory, self._prefix, step, s if self._nSamples > 1 else None,
+                                 self._digits)
+            write_pdb(self._plan.topology, frame, path, standard_names=self._standardNames, remarks=remarks)
+            self._files.append(path)
+        self._frameIndex += 1
+
+    def _refine(self, frame):
+        # from near-overlapping atoms the minimiser can stop early at an absurd energy; go again
+        limit = 1000.0 * self._plan.topology.getNumAtoms()
+        for _ in range(5):
+            frame = self._refiner.minimize(frame)
+            if self._refiner.energy(frame) < limit:
+                break
+        return frame
+
+    def close(self):
+        """Nothing to flush (every file is complete when written); for symmetry with other reporters."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, excType, excValue, traceback):
+        self.close()
+        return False

@@ -1,0 +1,183 @@
+"""SnapshotReporter and the PDB helpers: one complete, force-field-ready PDB file per snapshot."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+import pytest
+import torch
+from openmm import app
+
+from openmm_ldb import cg
+from openmm_ldb.backmapper import Backmapper
+from openmm_ldb.export import export_model
+from openmm_ldb.model import LDBConfig, LDBModel
+from openmm_ldb.snapshots import (
+    SnapshotReporter,
+    find_residue,
+    pocket_residues,
+    snapshot_path,
+    ssbond_records,
+    subset,
+    write_pdb,
+)
+
+torch.set_num_threads(1)
+CPU = {"platform": "CPU", "platform_properties": {"Threads": "1"}}
+CYS_PAIR = (1, 17)  # GB1 β1-β2 hairpin: T2 and T18 face each other across the strands, Cα–Cα 5.5 Å
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = LDBModel(LDBConfig(hidden=16, encoder_layers=1, decoder_layers=1, denoiser_layers=1, num_codes=64))
+    path = str(tmp_path_factory.mktemp("model") / "tiny.pt")
+    export_model(model, path, {"note": "untrained test model"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def backmapper(model_path):
+    return Backmapper(model_path, device="cpu")
+
+
+@pytest.fixture()
+def hairpin_sim():
+    """A 20-residue CG hairpin (GB1 1-20) with two CYS whose Cα are 5.5 Å apart."""
+    go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
+    xyz = np.array(go.native_positions.value_in_unit(unit.nanometer))[:20]
+    seq = "".join(cg._THREE_TO_ONE[r.name] for r in go.topology.residues())[:20]
+    seq = "".join("C" if i in CYS_PAIR else a for i, a in enumerate(seq))
+    top = cg.ca_topology(seq)
+    assert abs(np.linalg.norm(xyz[CYS_PAIR[0]] - xyz[CYS_PAIR[1]]) - 0.55) < 0.01
+    hairpin = cg.GoModel(top, xyz * unit.nanometer)
+    return cg.make_simulation(top, hairpin.create_system(), xyz, seed=2, **CPU)
+
+
+def _read(path):
+    pdb = app.PDBFile(path)
+    return pdb, Path(path).read_text().splitlines()
+
+
+def test_snapshots_named_by_step_with_ssbond(hairpin_sim, backmapper, tmp_path):
+    out = tmp_path / "snaps"
+    reporter = SnapshotReporter(str(out), 50, backmapper=backmapper)
+    hairpin_sim.reporters.append(reporter)
+    assert reporter.describeNextReport(hairpin_sim) == {"steps": 50, "periodic": False, "include": ["positions"]}
+    hairpin_sim.step(100)
+    expected = [str(out / "frame_000000050.pdb"), str(out / "frame_000000100.pdb")]
+    assert reporter.files == expected and sorted(os.listdir(out)) == [os.path.basename(p) for p in expected]
+    assert reporter.plan.disulfides == [CYS_PAIR]
+    ff = app.ForceField("amber14-all.xml")
+    for path in expected:
+        pdb, lines = _read(path)
+        top = pdb.topology
+        assert top.getNumResidues() == 20
+        assert any(a.element.symbol == "H" for a in top.atoms())
+        assert top.getNumAtoms() == reporter.topology.getNumAtoms()
+        ss = [ln for ln in lines if ln.startswith("SSBOND")]
+        assert len(ss) == 1
+        assert ss[0][11:14] == "CYS" and ss[0][15] == "A" and int(ss[0][17:21]) == CYS_PAIR[0] + 1
+        assert ss[0][25:28] == "CYS" and ss[0][29] == "A" and int(ss[0][31:35]) == CYS_PAIR[1] + 1
+        sg_xyz = pdb.getPositions(asNumpy=True).value_in_unit(unit.angstrom)[[a.index for a in top.atoms()
+                                                                             if a.name == "SG"]]
+        assert abs(float(ss[0][73:78]) - np.linalg.norm(sg_xyz[0] - sg_xyz[1])) < 0.02  # the S–S length
+        assert lines.index(ss[0]) < min(i for i, ln in enumerate(lines) if ln.startswith("ATOM"))
+        assert any(ln.startswith("CONECT") for ln in lines)
+        assert not any(ln.startswith("HETATM") for ln in lines)  # CYX written as CYS
+        sg = [a for a in top.atoms() if a.name == "SG"]
+        assert {frozenset((a, b)) for a, b in top.bonds()} >= {frozenset(sg)}  # SG–SG bond read back
+        assert any(ln.startswith("REMARK  99 openmm-ldb snapshot: step") for ln in lines)
+        system = ff.createSystem(top, nonbondedMethod=app.NoCutoff)  # amber14 recognises every residue
+        assert system.getNumParticles() == top.getNumAtoms()
+
+
+def test_several_samples(hairpin_sim, backmapper, tmp_path):
+    reporter = SnapshotReporter(str(tmp_path), 40, backmapper=backmapper, prefix="snap", nSamples=2, seed=5)
+    hairpin_sim.reporters.append(reporter)
+    hairpin_sim.step(40)
+    names = [os.path.basename(p) for p in reporter.files]
+    assert names == ["snap_000000040_s0.pdb", "snap_000000040_s1.pdb"]
+    # file k holds sample k of the seeded sampler for this frame
+    cg_xyz = hairpin_sim.context.getState(positions=True).getPositions(asNumpy=True)
+    expected = backmapper.sample(reporter.plan, cg_xyz, 2, seed=5, deterministic=False)[0]
+    for k, path in enumerate(reporter.files):
+        xyz = app.PDBFile(path).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+        assert np.abs(xyz - expected[k]).max() < 2e-3
+    assert "sample 1 of 2" in Path(reporter.files[1]).read_text()
+    assert snapshot_path("d", "snap", 40, 1) == os.path.join("d", "snap_000000040_s1.pdb")
+
+
+def test_minimization(hairpin_sim, backmapper, tmp_path):
+    plain = SnapshotReporter(str(tmp_path / "plain"), 20, backmapper=backmapper)
+    refined = SnapshotReporter(str(tmp_path / "refined"), 20, backmapper=backmapper, minimize=True,
+                               minimizeIterations=100, refinePlatform="CPU")
+    hairpin_sim.reporters += [plain, refined]
+    hairpin_sim.step(20)
+    assert "restrained amber14 minimisation" in Path(refined.files[0]).read_text()
+    ff = app.ForceField("amber14-all.xml")
+    energies = []
+    for path in (plain.files[0], refined.files[0]):
+        pdb = app.PDBFile(path)
+        context = openmm.Context(ff.createSystem(pdb.topology), openmm.VerletIntegrator(0.001),
+                                 openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+        context.setPositions(pdb.positions)
+        energies.append(context.getState(energy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+    # the untrained model's raw structure clashes (~1e18 kJ/mol); the minimised one does not
+    assert np.isfinite(energies[1]) and energies[1] < min(energies[0], 10.0 * refined.topology.getNumAtoms())
+
+
+def test_force_field_names_kept_on_request(hairpin_sim, backmapper, tmp_path):
+    reporter = SnapshotReporter(str(tmp_path), 10, backmapper=backmapper, standardNames=False)
+    hairpin_sim.reporters.append(reporter)
+    hairpin_sim.step(10)
+    text = Path(reporter.files[0]).read_text()
+    assert "CYX" in text and "SSBOND" in text
+    pdb = app.PDBFile(reporter.files[0])
+    app.ForceField("amber14-all.xml").createSystem(pdb.topology)
+
+
+def test_pocket_subset_and_helpers(backmapper, tmp_path):
+    go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
+    top, pos = backmapper.backmap(go.topology, go.native_positions)
+    centre = find_residue(top, 30)
+    assert top._chains[0]._residues[centre].id == "30"
+    pocket = pocket_residues(top, pos, centre, 8.0 * unit.angstrom)
+    assert centre in pocket and 3 < len(pocket) < top.getNumResidues()
+    assert pocket == sorted(pocket)
+    wider = pocket_residues(top, pos, centre, 12.0)  # plain numbers are Å
+    assert set(pocket) < set(wider)
+    sub_top, sub_pos = subset(top, pos, pocket)
+    assert sub_top.getNumResidues() == len(pocket) and len(sub_pos) == sub_top.getNumAtoms()
+    assert [r.id for r in sub_top.residues()] == [list(top.residues())[i].id for i in pocket]
+    path = tmp_path / "pocket.pdb"
+    write_pdb(sub_top, sub_pos, str(path), remarks=["pocket around residue 30"])
+    pdb = app.PDBFile(str(path))
+    assert pdb.topology.getNumAtoms() == sub_top.getNumAtoms()
+    assert "REMARK  99 pocket around residue 30" in path.read_text()
+    assert ssbond_records(top) == []
+    with pytest.raises(ValueError, match="no residue"):
+        find_residue(top, 999)
+
+
+def test_example_quick(model_path, tmp_path):
+    """examples/docking_snapshots.py --quick writes snapshots and their pockets."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "docking_snapshots", os.path.join(os.path.dirname(__file__), "..", "examples", "docking_snapshots.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--quick", "--model", model_path, "--out-dir", str(tmp_path), "--threads", "1",
+                           "--pocket-residue", "30", "--radius", "8"])
+    steps = [100, 200, 300]
+    assert result["snapshots"] == [str(tmp_path / "frames" / f"frame_{s:09d}.pdb") for s in steps]
+    for s, pocket in zip(steps, result["pockets"]):
+        path = tmp_path / "pockets" / f"pocket_{s:09d}.pdb"
+        assert pocket["pocket"] == str(path)
+        pdb = app.PDBFile(str(path))
+        ids = [r.id for r in pdb.topology.residues()]
+        assert "30" in ids and len(ids) == pocket["residues"] < 56
+        assert "docking box centre" in path.read_text()
