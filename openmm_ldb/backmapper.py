@@ -6,7 +6,6 @@ The one place where OpenMM units meet the model's Å tensors.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from dataclasses import dataclass
 

@@ -10,7 +10,6 @@ import time
 
 def _backmap(args) -> int:
     import mdtraj
-    import numpy as np
     from tqdm import tqdm
 
     from .backmapper import Backmapper

@@ -15,10 +15,8 @@ import random
 import time
 from dataclasses import asdict
 
-import numpy as np
 import torch
 
-from . import residues as rc
 from .model import LDBConfig, LDBModel, Sampler
 
 

@@ -88,6 +88,28 @@ def real_chains(data_dir) -> list[data.Chain]:
     return chains
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """An untrained, tiny exported LDB model: real code paths, crude structures."""
+    import torch
+
+    from openmm_ldb.export import export_model
+    from openmm_ldb.model import LDBConfig, LDBModel
+
+    torch.manual_seed(0)
+    model = LDBModel(LDBConfig(hidden=16, encoder_layers=1, decoder_layers=1, denoiser_layers=1, num_codes=64))
+    path = str(tmp_path_factory.mktemp("model") / "tiny.pt")
+    export_model(model, path, {"note": "untrained test model"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def backmapper(tiny_model):
+    from openmm_ldb.backmapper import Backmapper
+
+    return Backmapper(tiny_model, device="cpu")
+
+
 def disulfide_pairs(chain: data.Chain, cutoff: float = 2.3) -> list[tuple[int, int]]:
     """Residue index pairs of CYS whose SG atoms (present in the file) are bonded."""
     cys = np.flatnonzero((chain.restype == rc.RESTYPE_INDEX["CYS"]) & (chain.present[:, 5] > 0))

@@ -16,27 +16,10 @@ from openmm import app
 from scipy.spatial import cKDTree
 
 from openmm_ldb import cg, exchange
-from openmm_ldb.backmapper import Backmapper
-from openmm_ldb.export import export_model
-from openmm_ldb.model import LDBConfig, LDBModel
 
 torch.set_num_threads(1)
 CPU = {"platform": "CPU", "platform_properties": {"Threads": "1"}}
 MIN_HEAVY_DISTANCE = 1.0  # Å, any two heavy atoms not bonded to each other
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = LDBModel(LDBConfig(hidden=16, encoder_layers=1, decoder_layers=1, denoiser_layers=1, num_codes=64))
-    path = str(tmp_path_factory.mktemp("model") / "tiny.pt")
-    export_model(model, path, {"note": "untrained test model"})
-    return path
-
-
-@pytest.fixture(scope="module")
-def backmapper(model_path):
-    return Backmapper(model_path, device="cpu")
 
 
 def _go_sim(seed=3, **kwargs):
@@ -193,7 +176,7 @@ def test_bad_solvent(backmapper):
         exchange.to_all_atom(cg_sim, backmapper, solvent="water")
 
 
-def test_example_quick(model_path, tmp_path):
+def test_example_quick(tiny_model, tmp_path):
     """examples/resolution_exchange.py --quick runs and writes both trajectories."""
     import importlib.util
 
@@ -203,7 +186,7 @@ def test_example_quick(model_path, tmp_path):
         "resolution_exchange", os.path.join(os.path.dirname(__file__), "..", "examples", "resolution_exchange.py"))
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.main(["--quick", "--model", model_path, "--out-dir", str(tmp_path), "--threads", "1"])
+    result = example.main(["--quick", "--model", tiny_model, "--out-dir", str(tmp_path), "--threads", "1"])
     kinds = [row["segment"] for row in result["rows"]]
     assert kinds == ["CG", "switch", "all-atom"] * 2 + ["CG"]
     assert all(np.isfinite(row["energy"]) for row in result["rows"])

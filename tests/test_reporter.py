@@ -17,25 +17,10 @@ from openmm.app import DCDReporter, Element, Topology
 from openmm_ldb import cg
 from openmm_ldb import residues as rc
 from openmm_ldb.backmapper import Backmapper
-from openmm_ldb.export import default_model_path, export_model, load_model
-from openmm_ldb.model import LDBConfig, LDBModel
+from openmm_ldb.export import default_model_path, load_model
 from openmm_ldb.reporter import LDBReporter
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = LDBModel(LDBConfig(hidden=16, encoder_layers=1, decoder_layers=1, denoiser_layers=1, num_codes=64))
-    path = str(tmp_path_factory.mktemp("model") / "tiny.pt")
-    export_model(model, path, {"note": "untrained test model"})
-    return path
-
-
-@pytest.fixture(scope="session")
-def backmapper(tiny_model):
-    return Backmapper(tiny_model, device="cpu")
 
 
 @pytest.fixture()

@@ -11,9 +11,6 @@ import torch
 from openmm import app
 
 from openmm_ldb import cg
-from openmm_ldb.backmapper import Backmapper
-from openmm_ldb.export import export_model
-from openmm_ldb.model import LDBConfig, LDBModel
 from openmm_ldb.snapshots import (
     SnapshotReporter,
     find_residue,
@@ -27,20 +24,6 @@ from openmm_ldb.snapshots import (
 torch.set_num_threads(1)
 CPU = {"platform": "CPU", "platform_properties": {"Threads": "1"}}
 CYS_PAIR = (1, 17)  # GB1 β1-β2 hairpin: T2 and T18 face each other across the strands, Cα–Cα 5.5 Å
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = LDBModel(LDBConfig(hidden=16, encoder_layers=1, decoder_layers=1, denoiser_layers=1, num_codes=64))
-    path = str(tmp_path_factory.mktemp("model") / "tiny.pt")
-    export_model(model, path, {"note": "untrained test model"})
-    return path
-
-
-@pytest.fixture(scope="module")
-def backmapper(model_path):
-    return Backmapper(model_path, device="cpu")
 
 
 @pytest.fixture()
@@ -162,7 +145,7 @@ def test_pocket_subset_and_helpers(backmapper, tmp_path):
         find_residue(top, 999)
 
 
-def test_example_quick(model_path, tmp_path):
+def test_example_quick(tiny_model, tmp_path):
     """examples/docking_snapshots.py --quick writes snapshots and their pockets."""
     import importlib.util
 
@@ -170,7 +153,7 @@ def test_example_quick(model_path, tmp_path):
         "docking_snapshots", os.path.join(os.path.dirname(__file__), "..", "examples", "docking_snapshots.py"))
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.main(["--quick", "--model", model_path, "--out-dir", str(tmp_path), "--threads", "1",
+    result = example.main(["--quick", "--model", tiny_model, "--out-dir", str(tmp_path), "--threads", "1",
                            "--pocket-residue", "30", "--radius", "8"])
     steps = [100, 200, 300]
     assert result["snapshots"] == [str(tmp_path / "frames" / f"frame_{s:09d}.pdb") for s in steps]
