@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
+import math
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -237,6 +238,15 @@ class Sampler(nn.Module):
         self.bond_sg_sg = float(rc.BOND_SG_SG)
         self.disulfide_ca_max = float(rc.DISULFIDE_CA_CA_MAX)
         self.cys = int(rc.RESTYPE_INDEX["CYS"])
+        self.repack_sweeps = 3
+        self.repack_cutoff = 3.0
+        self.repack_penalty = 1.5
+        # (chi1, chi2, chi3) rotations tried for clashing side chains, degrees
+        self.register_buffer("repack_offsets", torch.tensor(
+            [[0.0, 0.0, 0.0], [120.0, 0.0, 0.0], [-120.0, 0.0, 0.0], [0.0, 120.0, 0.0], [0.0, -120.0, 0.0],
+             [0.0, 0.0, 120.0], [0.0, 0.0, -120.0]]) * (math.pi / 180.0))
+        self.repack_neighbours = 16
+        self.register_buffer("heavy_mask", torch.as_tensor(rc.heavy_mask_array()))
 
     def forward(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, steps: int = 10,
                 samples: int = 1, seed: int = 0, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -268,4 +278,67 @@ class Sampler(nn.Module):
         zq = self.quantizer.lookup(codes)
         angles = self.decoder(node, edge, rel, idx, valid, rt, mask, zq)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
+        if self.repack_sweeps > 0:
+            atoms = self.repack(atoms, angles, restype, idx, atom_mask)
         return atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask
+
+    def residue_clash(self, cand: torch.Tensor, atoms: torch.Tensor, restype: torch.Tensor,
+                      idx: torch.Tensor) -> torch.Tensor:
+        """[B, N] clash score of each residue's side chain (candidate positions ``cand``) against
+        the heavy atoms of its graph neighbours (current ``atoms``), residues i±1 excluded."""
+        b, n = cand.shape[0], cand.shape[1]
+        k = min(self.repack_neighbours, idx.shape[-1])
+        nb_idx = idx[..., :k]
+        heavy = self.heavy_mask[restype]                     # [N, 30]
+        sc = heavy.clone()
+        sc[:, :5] = 0.0                                       # side chain beyond CB
+        s = 14
+        flat = atoms[:, :, :s].reshape(b, n, s * 3)
+        nb = torch.gather(flat, 1, nb_idx.reshape(b, n * k, 1).expand(b, n * k, s * 3)).view(b * n * k, s, 3)
+        own = cand[:, :, :s].unsqueeze(2).expand(b, n, k, s, 3).reshape(b * n * k, s, 3)
+        d = torch.cdist(own, nb).view(b, n, k, s, s)
+        nb_heavy = heavy[:, :s][nb_idx.reshape(-1)].view(b, n, k, s)
+        pos = torch.arange(n, device=cand.device).view(1, n, 1)
+        far = ((nb_idx - pos).abs() > 1).to(cand.dtype)
+        w = sc[:, :s].view(1, n, 1, s, 1) * nb_heavy.unsqueeze(3) * far.unsqueeze(-1).unsqueeze(-1)
+        return (torch.relu(self.repack_cutoff - d) ** 2 * w).sum((2, 3, 4))
+
+    def repack(self, atoms: torch.Tensor, angles: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor,
+               atom_mask: torch.Tensor) -> torch.Tensor:
+        """Greedy side-chain repacking: residues whose side chains overlap a neighbour try chi1/chi2
+        rotations of +-120 degrees and keep the least-clashing one (a small penalty favours the
+        model's own choice).  Sweeps update every third residue at a time, so two clashing
+        neighbours rarely move together."""
+        b, n = atoms.shape[0], atoms.shape[1]
+        ncand = self.repack_offsets.shape[0]
+        cur_angles = angles
+        pos = torch.arange(n, device=atoms.device)
+        for sweep in range(self.repack_sweeps):
+            scores: List[torch.Tensor] = []
+            cands: List[torch.Tensor] = []
+            cand_angles: List[torch.Tensor] = []
+            for c in range(ncand):
+                off = self.repack_offsets[c]
+                rot = cur_angles.clone()
+                for j in range(off.shape[0]):
+                    cs, sn = torch.cos(off[j]), torch.sin(off[j])
+                    a0 = cur_angles[..., 4 + j, 0]
+                    a1 = cur_angles[..., 4 + j, 1]
+                    rot[..., 4 + j, 0] = a0 * cs - a1 * sn
+                    rot[..., 4 + j, 1] = a1 * cs + a0 * sn
+                cand = self.tables.place_sidechains(atoms, restype, rot)
+                pen = 0.0 if c == 0 else self.repack_penalty
+                scores.append(self.residue_clash(cand, atoms, restype, idx) + pen)
+                cands.append(cand)
+                cand_angles.append(rot)
+            score = torch.stack(scores, 0)                            # [C, B, N]
+            best = score.argmin(0)                                    # [B, N]
+            turn = (pos % 3 == sweep % 3).view(1, n)
+            best = torch.where(turn, best, torch.zeros_like(best))
+            stacked = torch.stack(cands, 0)                           # [C, B, N, 30, 3]
+            sel = best.view(1, b, n, 1, 1).expand(1, b, n, stacked.shape[-2], 3)
+            atoms = torch.gather(stacked, 0, sel)[0]
+            ang = torch.stack(cand_angles, 0)
+            sel_a = best.view(1, b, n, 1, 1).expand(1, b, n, ang.shape[-2], 2)
+            cur_angles = torch.gather(ang, 0, sel_a)[0]
+        return atoms * atom_mask.unsqueeze(0).unsqueeze(-1)
