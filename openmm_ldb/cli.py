@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="Go-model CG simulation of protein G with the live reporter")
     d.add_argument("--out-dir", default="ldb_demo")
-    d.add_argument("--steps", type=int, default=20000)
+    d.add_argument("--steps", type=int, default=100000)
     d.add_argument("--interval", type=int, default=500)
     d.add_argument("--model", default=None)
     d.add_argument("--minimize", action="store_true")

@@ -262,3 +262,32 @@ def test_shipped_default_model_backmaps_protein_g():
     top_h, pos_h = bm.backmap(go.topology, go.native_positions, hydrogens=True)
     system = openmm.app.ForceField("amber14-all.xml").createSystem(top_h)
     assert system.getNumParticles() == top_h.getNumAtoms()
+
+
+def test_demo_command_runs(tmp_path, tiny_model):
+    from openmm_ldb.cli import main
+
+    assert main(["demo", "--out-dir", str(tmp_path), "--steps", "2000", "--interval", "200", "--model", tiny_model]) == 0
+    for name in ("aa.dcd", "aa.pdb", "cg.dcd", "demo.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert mdtraj.load(str(tmp_path / "aa.dcd"), top=str(tmp_path / "aa.pdb")).n_frames == 10
+    # the CLI backmaps the demo's CG trajectory offline too
+    out = str(tmp_path / "offline.xtc")
+    assert main(["backmap", str(tmp_path / "cg.dcd"), "--top", str(tmp_path / "cg.pdb"), "-o", out,
+                 "--model", tiny_model, "-q"]) == 0
+    assert mdtraj.load(out, top=str(tmp_path / "offline.pdb")).n_frames == 10
+
+
+def test_backmap_command_on_ca_pdb(tmp_path, tiny_model):
+    from openmm.app import PDBFile
+
+    from openmm_ldb.cli import main
+
+    go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
+    ca_pdb = tmp_path / "ca.pdb"
+    with open(ca_pdb, "w") as f:
+        PDBFile.writeFile(go.topology, go.native_positions, f)
+    assert main(["backmap", str(ca_pdb), "--out-dir", str(tmp_path / "out"), "--hydrogens", "--model", tiny_model,
+                 "-q"]) == 0
+    t = mdtraj.load(str(tmp_path / "out" / "ca.pdb"))
+    assert t.n_residues == 56 and t.n_atoms == 855
