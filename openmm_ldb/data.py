@@ -102,6 +102,15 @@ def chain_from_mdtraj(traj, chain_index: int | None = None, name: str = "", skip
     gap = np.linalg.norm(ca[1:] - ca[:-1], axis=-1) > rc.CHAIN_BREAK_CA_CA
     breaks = np.concatenate([[False], gap | np.array(keep_break[1:])])
     segment = np.cumsum(breaks).astype(np.int64)
+    lone = np.bincount(segment)[segment] < 2
+    if lone.any():  # a residue alone between two gaps cannot be a bonded segment
+        skipped["isolated_residue"] += int(lone.sum())
+        keep = ~lone
+        xyz, present, segment = xyz[:, keep], present[keep], np.unique(segment[keep], return_inverse=True)[1]
+        restype = list(np.array(restype)[keep])
+        if len(restype) < 2:
+            skipped["too_short"] += 1
+            return None
     return Chain(name=name, restype=np.array(restype, dtype=np.int64), segment=segment, xyz=xyz, present=present)
 
 

@@ -54,12 +54,12 @@ class CGMapping:
         gap = np.concatenate([[False], np.linalg.norm(ca[1:] - ca[:-1], axis=-1) > rc.CHAIN_BREAK_CA_CA])
         seg = np.cumsum(new_chain | gap) - 1
         sizes = np.bincount(seg)
-        if (sizes < 2).any():
+        if (sizes < 2).any():  # amber14 has no template for a residue that is both termini
             i = int(np.flatnonzero(sizes[seg] < 2)[0])
             raise CGTopologyError(
                 f"residue {self.residue_names[i]} {self.residue_ids[i]} (index {i}, chain "
                 f"{self.chain_ids[self.chain_index[i]]}) is a one-residue segment (chain break on both sides); "
-                "backmapping needs at least two bonded residues")
+                "backmapping needs at least two bonded residues (leave it out with residues=...)")
         return seg
 
 
@@ -169,10 +169,12 @@ def build_aa_topology(mapping: CGMapping, segment: np.ndarray, hydrogens: bool =
     n = mapping.n_residues
     for i in range(n):
         c = int(mapping.chain_index[i])
-        if c not in chains:
-            chains[c] = top.addChain(mapping.chain_ids[c])
         name = rc.RESTYPES_3[mapping.restype[i]]
         nterm = i == 0 or segment[i] != segment[i - 1]
+        # every segment is its own OpenMM chain (same chain id): a gap ends a chain, as a TER
+        # record does in a PDB file, and force-field and hydrogen templates see real termini
+        if c not in chains or nterm:
+            chains[c] = top.addChain(mapping.chain_ids[c])
         cterm = i == n - 1 or segment[i] != segment[i + 1]
         resname = "CYX" if i in in_disulfide else name
         res = top.addResidue(resname, chains[c], id=mapping.residue_ids[i])

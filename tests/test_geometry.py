@@ -249,8 +249,6 @@ def test_cis_peptide_reproduced(tables, real_chains):
         assert bool((omega[peptide & ~cis].abs() > 175.0).all())
 
 
-@pytest.mark.xfail(reason="cis peptide template has Cα–Cα 2.77 Å, real cis peptides ~2.9-3.05 Å: the rigid "
-                          "unit stretches C(i)–N(i+1) by the difference (up to ~0.25 Å)", strict=False)
 def test_cis_peptide_bond_lengths(tables, real_chains):
     for chain, (xyz, rt, seg, present), cis_idx, real in _cis_cases(real_chains):
         angles, _ = g.angles_from_atoms(tables, xyz, rt, seg)

@@ -142,8 +142,8 @@ def test_peptide_template(cis):
     assert _dist(p, "C", "O") == pytest.approx(rc.BOND_C_O, abs=1e-6)
     assert _dist(p, "N", "CA1") == pytest.approx(rc.BOND_N_CA, abs=1e-6)
     assert _dist(p, "N", "H") == pytest.approx(rc.BOND_N_H, abs=1e-6)
-    assert _angle_deg(p, "CA0", "C", "N") == pytest.approx(rc.ANGLE_CA_C_N, abs=1e-4)
-    assert _angle_deg(p, "C", "N", "CA1") == pytest.approx(rc.ANGLE_C_N_CA, abs=1e-4)
+    assert _angle_deg(p, "CA0", "C", "N") == pytest.approx(rc.ANGLE_CA_C_N_CIS if cis else rc.ANGLE_CA_C_N, abs=1e-4)
+    assert _angle_deg(p, "C", "N", "CA1") == pytest.approx(rc.ANGLE_C_N_CA_CIS if cis else rc.ANGLE_C_N_CA, abs=1e-4)
     # O and H point to opposite sides of the C-N bond in trans, the same side in cis;
     # CA1 is across the C-N bond from CA0 in trans
     cn = p["N"] - p["C"]

@@ -203,7 +203,10 @@ def test_aa_topology_multi_chain_and_break(real_chains, forcefield):
     assert seg.max() + 1 == 3
     system = forcefield.createSystem(layout.topology)
     assert system.getNumParticles() == layout.topology.getNumAtoms()
-    assert [c.id for c in layout.topology.chains()] == ["A", "B"]
+    # one OpenMM chain per segment, keeping the CG chain ids (A for the first chain, B for both
+    # halves of the second)
+    ids = [c.id for c in layout.topology.chains()]
+    assert len(ids) == seg.max() + 1 and ids[-2:] == ["B", "B"] and set(ids) == {"A", "B"}
     # every segment starts with NH3+ and ends with a carboxylate
     atoms = {(at.residue.index, at.name) for at in layout.topology.atoms()}
     for s in range(3):
