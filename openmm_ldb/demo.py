@@ -62,7 +62,7 @@ def run_demo(out_dir: str = "ldb_demo", steps: int = 100000, interval: int = 500
     cmap = np.zeros((last.n_residues, last.n_residues))
     cmap[pairs[:, 0], pairs[:, 1]] = cmap[pairs[:, 1], pairs[:, 0]] = dist[0] < 0.45
     axes[1].imshow(cmap, cmap="Greys", origin="lower")
-    axes[1].set_title(f"last all-atom frame: heavy-atom contacts < 4.5 Å")
+    axes[1].set_title("last all-atom frame: heavy-atom contacts < 4.5 Å")
     axes[1].set_xlabel("residue")
     axes[1].set_ylabel("residue")
     fig.tight_layout()

@@ -16,6 +16,15 @@ from .writers import TrajectoryWriter, sample_paths
 _STOP = object()
 
 
+def frame_from_state(simulation, state):
+    """CG positions (nm, numpy) and, for periodic systems, box vectors (nm) of a State."""
+    positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    box = None
+    if simulation.system.usesPeriodicBoundaryConditions():
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+    return positions, box
+
+
 class LDBReporter(object):
     """LDBReporter backmaps the frames of a Cα coarse-grained simulation to all-atom
     structures and writes them to a trajectory file, one all-atom frame per CG frame.
@@ -155,11 +164,7 @@ class LDBReporter(object):
         self._raiseWorkerError()
         if self._closed:
             raise RuntimeError("LDBReporter is closed")
-        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        box = None
-        if simulation.topology.getPeriodicBoxVectors() is not None or \
-                simulation.system.usesPeriodicBoundaryConditions():
-            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        positions, box = frame_from_state(simulation, state)
         if self._plan is None:
             self._start(simulation, positions, box)
         time = state.getTime().value_in_unit(unit.picosecond)

@@ -18,6 +18,8 @@ import numpy as np
 import openmm.unit as unit
 from openmm.app import PDBFile, Topology
 
+from .reporter import frame_from_state
+
 __all__ = ["SnapshotReporter", "find_residue", "pocket_residues", "snapshot_path", "ssbond_records", "subset",
            "write_pdb"]
 
@@ -345,10 +347,7 @@ class SnapshotReporter(object):
         state : State
             The current state of the simulation
         """
-        positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        box = None
-        if simulation.system.usesPeriodicBoundaryConditions():
-            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        positions, box = frame_from_state(simulation, state)
         if self._plan is None:
             self._plan = self._backmapper.plan(simulation.topology, positions, self._beadName, self._residues,
                                                self._skipUnknown, self._hydrogens, box_vectors=box)
