@@ -54,9 +54,9 @@ def main():
         for interval in args.intervals:
             base = sorted(run(args.steps, interval, False, bm, tmp, args.openmm_threads) for _ in range(args.repeats))
             ldb = sorted(run(args.steps, interval, True, bm, tmp, args.openmm_threads) for _ in range(args.repeats))
-            b, l = base[len(base) // 2], ldb[len(ldb) // 2]
+            b, w = base[len(base) // 2], ldb[len(ldb) // 2]
             row = {"interval": interval, "steps": args.steps, "frames": args.steps // interval,
-                   "dcd_only_s": round(b, 3), "with_ldb_s": round(l, 3), "ratio": round(l / b, 3)}
+                   "dcd_only_s": round(b, 3), "with_ldb_s": round(w, 3), "ratio": round(w / b, 3)}
             results.append(row)
             print(row, flush=True)
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import zlib
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import residues as rc
 
 VALIDATION_FRACTION_PERCENT = 10
 
@@ -12,14 +20,6 @@ def is_validation_cluster(cluster: str) -> bool:
     return zlib.crc32(cluster.encode()) % 100 < VALIDATION_FRACTION_PERCENT
 
 
-import csv
-import os
-from collections import Counter
-from dataclasses import dataclass
-
-import numpy as np
-
-from . import residues as rc
 
 
 def data_dir(path: str | None = None) -> str:
