@@ -56,6 +56,10 @@ class LDBModel(nn.Module):
         self.register_buffer("latent_std", torch.ones(c.latent_dim))
 
     # ---------------------------------------------------------------- training
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Training losses of a batch (DistributedDataParallel calls forward)."""
+        return self.losses(batch)
+
     def losses(self, batch: Dict[str, torch.Tensor], train_diffusion: bool = True) -> Dict[str, torch.Tensor]:
         ca = batch["ca"]                  # [B, N, 3] (possibly noised input)
         atoms = batch["atoms"]            # [B, N, 15, 3] true heavy atoms + OXT
