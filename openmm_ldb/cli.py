@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-chains", type=int, default=None)
     v.add_argument("--samples", type=int, default=1, help=">1 also reports ensemble diversity")
     v.add_argument("--out", default="ldb_eval")
+    v.add_argument("--minimize", choices=["vacuum", "obc"], default=None,
+                   help="score structures after a short restrained amber14 minimisation")
+    v.add_argument("--threads", type=int, default=None)
     v.set_defaults(func=_evaluate)
     return p
 

@@ -187,19 +187,29 @@ def _segments_agree(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a[1:] != a[:-1], b[1:] != b[:-1]))
 
 
-def backmap_chain(bm, chain: data_mod.Chain, samples: int = 1, seed: int = 0) -> dict:
+def backmap_chain(bm, chain: data_mod.Chain, samples: int = 1, seed: int = 0, minimize: str | None = None) -> dict:
     """Backmap a chain's true Cα trace; returns slots, plan and timings."""
     top = cg_topology(chain)
     ca = ca_positions_nm(chain)
     t0 = time.perf_counter()
-    plan = bm.plan(top, ca, hydrogens=False)
+    plan = bm.plan(top, ca, hydrogens=minimize is not None)
     t1 = time.perf_counter()
     det = bm.sample(plan, ca, n_samples=1, deterministic=True)          # [1, 1, n_atoms, 3] Å
     t2 = time.perf_counter()
     n = len(chain.restype)
+    minimize_ms = 0.0
+    if minimize is not None:  # restrained amber14 minimisation (hydrogens added by the model)
+        from .refine import Refiner
+
+        refiner = Refiner(plan.topology, solvent=minimize)
+        t3 = time.perf_counter()
+        det = det.copy()
+        det[0, 0] = refiner.minimize(det[0, 0] / 10.0) * 10.0
+        minimize_ms = 1000 * (time.perf_counter() - t3)
     pred, pred_present = to_slots(plan.layout, det[0, 0], n)
+    pred_present[:, rc.NUM_HEAVY_SLOTS + 1:] = False  # score heavy atoms (and OXT) only
     out = {"plan": plan, "pred": pred, "pred_present": pred_present,
-           "plan_ms": 1000 * (t1 - t0), "sample_ms": 1000 * (t2 - t1)}
+           "plan_ms": 1000 * (t1 - t0), "sample_ms": 1000 * (t2 - t1), "minimize_ms": minimize_ms}
     if samples > 1:
         t3 = time.perf_counter()
         sto = bm.sample(plan, ca, n_samples=samples, seed=seed, deterministic=False)  # [1, S, n_atoms, 3]
@@ -232,7 +242,8 @@ def score_chain(chain: data_mod.Chain, pred: np.ndarray, pred_present: np.ndarra
 
 def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: str | None = "ldb_eval",
              threads: int | None = None, device: str | None = None, steps: int = 10, seed: int = 0,
-             skipped: dict | None = None, verbose: bool = True, plots: bool = True) -> dict:
+             skipped: dict | None = None, verbose: bool = True, plots: bool = True,
+             minimize: str | None = None) -> dict:
     """Backmap and score ``chains`` (list of :class:`data.Chain`); write ``metrics.json`` and plots.
 
     Returns the dict written to ``<out_dir>/metrics.json``: ``model`` (path, card name and
@@ -251,13 +262,13 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
                       deterministic=True)
     rows, details = [], []
     for k, chain in enumerate(chains):
-        res = backmap_chain(bm, chain, samples, seed + k)
+        res = backmap_chain(bm, chain, samples, seed + k, minimize=minimize)
         plan = res["plan"]
         m = score_chain(chain, res["pred"], res["pred_present"], plan.segment, plan.disulfides)
         det = m.pop("details")
         n = len(chain.restype)
         m.update(name=chain.name, cluster=chain.cluster, plan_ms=res["plan_ms"], sample_ms=res["sample_ms"],
-                 ms_per_residue=res["sample_ms"] / n,
+                 ms_per_residue=res["sample_ms"] / n, minimize_ms=res["minimize_ms"],
                  segments_match_reference=_segments_agree(plan.segment, chain.segment))
         if samples > 1:
             m["div"] = metrics.ensemble_diversity(res["samples"], res["pred_present"][:, : metrics.HEAVY],
@@ -284,6 +295,7 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
               "n_chains": len(rows), "n_residues": total_res, "mean": mean, "chains": rows,
               "skipped": dict(skipped or {}),
               "settings": {"samples": samples, "steps": steps, "device": str(bm.device), "seed": seed,
+                           "minimize": minimize,
                            "torch_threads": _torch_threads(),
                            "definitions": "see openmm_ldb.metrics module docstring"}}
     result = _jsonable(result)
@@ -417,7 +429,7 @@ def main(args) -> int:
           f"(read in {time.time() - t0:.1f} s)", flush=True)
     result = evaluate(getattr(args, "model", None), chains, samples=max(1, int(getattr(args, "samples", 1) or 1)),
                       out_dir=getattr(args, "out", "ldb_eval"), threads=getattr(args, "threads", None),
-                      skipped=dict(skipped))
+                      skipped=dict(skipped), minimize=getattr(args, "minimize", None))
     print(f"wrote {os.path.join(args.out, 'metrics.json')}" + (f" and {len(result.get('plots', []))} plots"
                                                                  if result.get("plots") else ""))
     return 0
