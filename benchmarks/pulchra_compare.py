@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data folder (default $OPENMM_LDB_DATA or ../shared/data)")
     p.add_argument("--max-chains", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads for LDB (PULCHRA is single-threaded)")
-    p.add_argument("--steps", type=int, default=10, help="LDB denoising steps")
+    p.add_argument("--steps", type=int, default=None, help="LDB denoising steps (default: the Backmapper default)")
     p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
 

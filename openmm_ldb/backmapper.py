@@ -18,6 +18,8 @@ from .export import load_model
 from .topology import AllAtomLayout, CGMapping, build_aa_topology, read_cg_topology
 
 NM_TO_ANGSTROM = 10.0
+DETERMINISTIC_STEPS = 4
+SAMPLING_STEPS = 10
 
 
 def to_angstrom(positions) -> np.ndarray:
@@ -76,13 +78,14 @@ class Backmapper:
         ``'cuda'`` when available, else ``'cpu'``.
     threads : int, optional
         CPU threads for PyTorch.
-    steps : int
-        Denoising steps of the sampler.
+    steps : int, optional
+        Denoising steps of the sampler; by default 4 for the deterministic best guess and 10
+        for samples (measured: more steps do not make the best guess more accurate).
     max_batch_residues : int
         Frames x samples x residues per model call; larger batches are split (bounded memory).
     """
 
-    def __init__(self, model: str | None = None, device=None, threads: int | None = None, steps: int = 10,
+    def __init__(self, model: str | None = None, device=None, threads: int | None = None, steps: int | None = None,
                  max_batch_residues: int = 16384):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,7 +93,9 @@ class Backmapper:
         if threads:
             torch.set_num_threads(int(threads))
         self.module, self.card = load_model(model, self.device)
-        self.steps = int(steps)
+        self.steps = None if steps is None else int(steps)
+        if "pt2" in self.card:  # torch.export programs are traced for one step count
+            self.steps = int(self.card["pt2"]["steps"])
         self.max_batch_residues = int(max_batch_residues)
         self._plans: dict = {}
         self._lock = threading.Lock()
@@ -159,7 +164,8 @@ class Backmapper:
             for start in range(0, ca.shape[0], frames_per_call):
                 chunk = torch.as_tensor(ca[start:start + frames_per_call], dtype=torch.float32, device=self.device)
                 # the seed advances with the frame index so every frame gets its own noise
-                atoms, _ = self.module(chunk, restype, segment, self.steps, int(n_samples), int(seed) + start,
+                steps = self.steps or (DETERMINISTIC_STEPS if deterministic else SAMPLING_STEPS)
+                atoms, _ = self.module(chunk, restype, segment, steps, int(n_samples), int(seed) + start,
                                        bool(deterministic))
                 atoms = atoms.cpu().numpy()
                 if plan.disulfides:

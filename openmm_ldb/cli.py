@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--steps", type=int, default=10, help="denoising steps")
+    b.add_argument("--steps", type=int, default=None, help="denoising steps (default 4 best guess, 10 samples)")
     b.add_argument("--bead", default="CA", help="bead (atom) name at Cα")
     b.add_argument("--model", default=None, help="exported model file (default: shipped model)")
     b.add_argument("-q", "--quiet", action="store_true")

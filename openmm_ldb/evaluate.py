@@ -241,7 +241,7 @@ def score_chain(chain: data_mod.Chain, pred: np.ndarray, pred_present: np.ndarra
 
 
 def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: str | None = "ldb_eval",
-             threads: int | None = None, device: str | None = None, steps: int = 10, seed: int = 0,
+             threads: int | None = None, device: str | None = None, steps: int | None = None, seed: int = 0,
              skipped: dict | None = None, verbose: bool = True, plots: bool = True,
              minimize: str | None = None) -> dict:
     """Backmap and score ``chains`` (list of :class:`data.Chain`); write ``metrics.json`` and plots.
@@ -294,7 +294,7 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
                         "training": card.get("training"), "geometry_fingerprint": card.get("geometry_fingerprint")},
               "n_chains": len(rows), "n_residues": total_res, "mean": mean, "chains": rows,
               "skipped": dict(skipped or {}),
-              "settings": {"samples": samples, "steps": steps, "device": str(bm.device), "seed": seed,
+              "settings": {"samples": samples, "steps": steps or "default (4 best guess, 10 samples)", "device": str(bm.device), "seed": seed,
                            "minimize": minimize,
                            "torch_threads": _torch_threads(),
                            "definitions": "see openmm_ldb.metrics module docstring"}}

@@ -46,7 +46,7 @@ class LDBReporter(object):
     def __init__(self, file, reportInterval, append=False, backmapper=None, model=None, device=None,
                  nSamples=1, seed=None, hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=100,
                  refinePlatform=None, beadName="CA", residues=None, skipUnknown=False, batchSize=8, maxQueue=32,
-                 steps=10):
+                 steps=None):
         """Create an LDBReporter.
 
         Parameters
@@ -91,8 +91,8 @@ class LDBReporter(object):
             Frames backmapped together by the worker.
         maxQueue : int=32
             Frames waiting for the worker before ``report()`` blocks.
-        steps : int=10
-            Denoising steps of the sampler.
+        steps : int=None
+            Denoising steps of the sampler (default 4 for the best guess, 10 for samples).
         """
         self._reportInterval = int(reportInterval)
         self._file = file

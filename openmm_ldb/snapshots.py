@@ -235,7 +235,7 @@ class SnapshotReporter(object):
     def __init__(self, directory, reportInterval, backmapper=None, model=None, device=None, prefix="frame",
                  nSamples=1, seed=None, hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=200,
                  refinePlatform=None, beadName="CA", residues=None, skipUnknown=False, standardNames=True,
-                 digits=9, steps=10):
+                 digits=9, steps=None):
         """Create a SnapshotReporter.
 
         Parameters
@@ -277,8 +277,8 @@ class SnapshotReporter(object):
             Write PDB residue names (``CYS`` with ``SSBOND``), not force-field names (``CYX``).
         digits : int=9
             Digits of the zero-padded step in the file names.
-        steps : int=10
-            Denoising steps of the sampler.
+        steps : int=None
+            Denoising steps of the sampler (default 4 for the best guess, 10 for samples).
         """
         if backmapper is None:
             from .backmapper import Backmapper

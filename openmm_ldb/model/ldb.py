@@ -243,6 +243,10 @@ class Sampler(nn.Module):
         self.disulfide_ca_max = float(rc.DISULFIDE_CA_CA_MAX)
         self.cys = int(rc.RESTYPE_INDEX["CYS"])
         self.repack_sweeps = 3
+        # samples decode the nearest codebook entry (discrete states, as the VQ-VAE was trained);
+        # the deterministic best guess decodes the continuous denoised latent, which measured
+        # closer to the reference (it stays near the posterior mean)
+        self.snap_to_codes = True
         self.repack_cutoff = 3.0
         self.repack_penalty = 1.5
         # (chi1, chi2, chi3) rotations tried for clashing side chains, degrees
@@ -278,8 +282,10 @@ class Sampler(nn.Module):
                 eps = (z - torch.sqrt(ab_now) * x0) / torch.sqrt(1.0 - ab_now)
                 z = torch.sqrt(ab_next) * x0 + torch.sqrt(1.0 - ab_next) * eps
         latent = z * self.latent_std + self.latent_mean
-        codes = self.quantizer.nearest(latent)
-        zq = self.quantizer.lookup(codes)
+        if self.snap_to_codes and not deterministic:
+            zq = self.quantizer.lookup(self.quantizer.nearest(latent))
+        else:
+            zq = latent
         angles = self.decoder(node, edge, rel, idx, valid, rt, mask, zq)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         if self.repack_sweeps > 0:
