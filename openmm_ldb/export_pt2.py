@@ -153,6 +153,7 @@ def _export_friendly(sampler: nn.Module):
     ldb.hash_normal = _hash_normal_export
     sampler.quantizer.nearest = types.MethodType(_nearest_export, sampler.quantizer)
     sampler.tables.place_sidechains = types.MethodType(_place_sidechains_export, sampler.tables)
+    sampler.choose_latent = types.MethodType(_choose_latent_export, sampler)
     used = torch.nonzero((sampler.tables.z_valid > 0).any(0)).flatten()
     sampler.tables._export_zsteps = int(used.max()) + 1 if used.numel() else 0
     try:
@@ -161,7 +162,16 @@ def _export_friendly(sampler: nn.Module):
         trunk.knn_graph, ldb.hash_normal = saved
         del sampler.quantizer.nearest
         del sampler.tables.place_sidechains
+        del sampler.choose_latent
         del sampler.tables._export_zsteps
+
+
+def _choose_latent_export(self, latent: torch.Tensor, deterministic, rng: torch.Tensor) -> torch.Tensor:
+    """Sampler.choose_latent with the mode read from rng[1] (a tensor), both branches traced."""
+    if not self.snap_to_codes:
+        return latent
+    snapped = self.quantizer.lookup(self.quantizer.nearest(latent))
+    return torch.where(rng[1] > 0, latent, snapped)
 
 
 class TensorSampler(nn.Module):

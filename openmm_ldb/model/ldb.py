@@ -282,15 +282,19 @@ class Sampler(nn.Module):
                 eps = (z - torch.sqrt(ab_now) * x0) / torch.sqrt(1.0 - ab_now)
                 z = torch.sqrt(ab_next) * x0 + torch.sqrt(1.0 - ab_next) * eps
         latent = z * self.latent_std + self.latent_mean
-        if self.snap_to_codes and not deterministic:
-            zq = self.quantizer.lookup(self.quantizer.nearest(latent))
-        else:
-            zq = latent
+        zq = self.choose_latent(latent, deterministic, seed)
         angles = self.decoder(node, edge, rel, idx, valid, rt, mask, zq)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         if self.repack_sweeps > 0:
             atoms = self.repack(atoms, angles, restype, idx, atom_mask)
         return atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask
+
+    def choose_latent(self, latent: torch.Tensor, deterministic: bool, seed: int) -> torch.Tensor:
+        """The latent the decoder reads: nearest code for samples, the continuous one for the best
+        guess (``seed`` is unused here; the torch.export version reads the mode from it)."""
+        if self.snap_to_codes and not deterministic:
+            return self.quantizer.lookup(self.quantizer.nearest(latent))
+        return latent
 
     def residue_clash(self, cand: torch.Tensor, atoms: torch.Tensor, restype: torch.Tensor,
                       idx: torch.Tensor) -> torch.Tensor:
