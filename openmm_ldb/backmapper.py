@@ -209,6 +209,17 @@ class Backmapper:
         return plan.topology, unit.Quantity(out, unit.nanometer)
 
 
+def stream_seed(seed: int | None, n_samples: int, frame_index: int) -> int | None:
+    """Sampler seed for the ``frame_index``-th frame of a stream of frames (reporters).
+
+    None (the deterministic best guess) for one sample without a seed; otherwise a seed that
+    differs from frame to frame so every frame gets its own noise.
+    """
+    if seed is None and n_samples == 1:
+        return None
+    return (0 if seed is None else int(seed)) + 7919 * int(frame_index)
+
+
 def find_disulfides(ca: np.ndarray, restype: np.ndarray, max_ca: float = rc.DISULFIDE_CA_CA_MAX,
                     min_ca: float = 3.8) -> list[tuple[int, int]]:
     """CYS pairs close enough (Cα–Cα in [min_ca, max_ca] Å) to bond, each CYS used once."""

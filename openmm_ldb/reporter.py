@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 import openmm.unit as unit
 
-from .backmapper import Backmapper
+from .backmapper import Backmapper, stream_seed
 from .writers import TrajectoryWriter, sample_paths
 
 _STOP = object()
@@ -215,9 +215,7 @@ class LDBReporter(object):
         box = None
         if items[0][3] is not None:
             box = np.stack([it[3] for it in items])
-        seed = None
-        if self._seed is not None or self._nSamples > 1:
-            seed = (0 if self._seed is None else int(self._seed)) + 7919 * self._frameIndex
+        seed = stream_seed(self._seed, self._nSamples, self._frameIndex)
         xyz = self._backmapper.sample(self._plan, positions, self._nSamples, seed=seed,
                                       deterministic=(self._nSamples == 1 and self._seed is None),
                                       box_vectors=box)  # [F, S, atoms, 3] Å

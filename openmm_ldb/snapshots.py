@@ -18,6 +18,7 @@ import numpy as np
 import openmm.unit as unit
 from openmm.app import PDBFile, Topology
 
+from .backmapper import stream_seed
 from .reporter import frame_from_state
 
 __all__ = ["SnapshotReporter", "find_residue", "pocket_residues", "snapshot_path", "ssbond_records", "subset",
@@ -356,9 +357,7 @@ class SnapshotReporter(object):
 
                 self._refiner = Refiner(self._plan.topology, self._solvent, max_iterations=self._minimizeIterations,
                                         platform=self._refinePlatform)
-        seed = None
-        if self._seed is not None or self._nSamples > 1:
-            seed = (0 if self._seed is None else int(self._seed)) + 7919 * self._frameIndex
+        seed = stream_seed(self._seed, self._nSamples, self._frameIndex)
         xyz = self._backmapper.sample(self._plan, positions, self._nSamples, seed=seed,
                                       deterministic=(self._nSamples == 1 and self._seed is None),
                                       box_vectors=box)[0] / 10.0  # [S, atoms, 3] nm
