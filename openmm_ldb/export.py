@@ -19,7 +19,7 @@ from . import residues as rc
 from .model import LDBConfig, LDBModel, Sampler
 
 CARD_NAME = "model_card.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def geometry_fingerprint() -> str:
@@ -28,7 +28,7 @@ def geometry_fingerprint() -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def model_card(config: LDBConfig, extra: dict | None = None) -> dict:
+def model_card(config: LDBConfig, extra: dict | None = None, settings: dict | None = None) -> dict:
     card = {
         "format_version": FORMAT_VERSION,
         "name": "openmm-ldb latent diffusion backmapping",
@@ -37,9 +37,14 @@ def model_card(config: LDBConfig, extra: dict | None = None) -> dict:
         "slots": {r: rc.slot_names(r) for r in rc.RESTYPES_3},
         "geometry_fingerprint": geometry_fingerprint(),
         "inputs": {"ca": "[B, N, 3] float32 Å", "restype": "[N] int64 index into residues",
-                   "segment": "[N] int64, equal ids = bonded consecutive residues", "steps": "int",
-                   "samples": "int", "seed": "int", "deterministic": "bool"},
-        "outputs": {"atoms": "[B, S, N, NUM_SLOTS, 3] float32 Å", "atom_mask": "[N, NUM_SLOTS] float32"},
+                   "segment": "[N] int64, equal ids = bonded consecutive residues",
+                   "disulfides": "[P, 2] int64 residue indices of bonded CYS pairs",
+                   "seeds": "[B] int64, one per frame (unused by the deterministic best guess)",
+                   "steps": "int (diffusion samples)", "samples": "int", "deterministic": "bool",
+                   "keep_ca": "bool (true: Cα exactly as given, bonds may stretch)"},
+        "outputs": {"atoms": "[B, S, N, NUM_SLOTS, 3] float32 Å", "atom_mask": "[N, NUM_SLOTS] float32",
+                    "ca_shift": "[B, S] float32 Å, largest Cα move of each frame"},
+        "sampler_settings": dict(settings or {}),
     }
     card.update(extra or {})
     return card
@@ -52,15 +57,45 @@ def load_checkpoint(path: str) -> LDBModel:
     return model.eval()
 
 
+def model_from_exported(path: str | None = None, module=None, card: dict | None = None) -> tuple[LDBModel, dict]:
+    """The trainable :class:`LDBModel` inside an exported TorchScript model (the shipped default
+    when ``path`` is None), with its card: what fine-tuning starts from, no checkpoint needed.
+
+    The exported file holds everything inference reads (decoders, denoisers, codebook, latent
+    statistics); the stage-1 encoder is not in it and starts untrained.  Files exported before
+    the best-guess networks existed start those from the diffusion denoiser and decoder.
+    """
+    path = path or default_model_path()
+    if module is None:
+        files = {CARD_NAME: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(path, map_location="cpu", _extra_files=files)
+        card = json.loads(files[CARD_NAME]) if files[CARD_NAME] else {}
+    model = LDBModel(LDBConfig(**card["config"]))
+    own = model.state_dict()
+    names = {"best_guess.denoiser.": "guess_denoiser.", "best_guess.decoder.": "guess_decoder."}
+    theirs = {}
+    for k, v in module.state_dict().items():
+        for a, b in names.items():
+            k = b + k[len(a):] if k.startswith(a) else k
+        if k in own and own[k].shape == v.shape and not k.startswith("tables."):
+            theirs[k] = v.cpu()
+    model.load_state_dict(theirs, strict=False)
+    if not any(k.startswith("guess_") for k in theirs):
+        model.init_guess()
+    return model.eval(), card
+
+
 def export_model(model: LDBModel | str, path: str, card_extra: dict | None = None, fmt: str | None = None) -> str:
     """Write the sampler of ``model`` (or of a training checkpoint path) to ``path``.
 
     ``fmt`` is ``'torchscript'`` (default, ``.pt``) or ``'pt2'`` (torch.export program).
     """
     if isinstance(model, str):
-        model = load_checkpoint(model)
+        model = load_checkpoint(model) if not _is_exported(model) else model_from_exported(model)[0]
     sampler = Sampler(model).eval()
-    card = model_card(model.config, card_extra)
+    card = model_card(model.config, card_extra, sampler.settings())
     fmt = fmt or ("pt2" if path.endswith(".pt2") else "torchscript")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if fmt == "torchscript":
@@ -77,12 +112,27 @@ def export_model(model: LDBModel | str, path: str, card_extra: dict | None = Non
     return path
 
 
+def _is_exported(path: str) -> bool:
+    """A TorchScript export (a zip with ``model_card.json``) rather than a training checkpoint."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("extra/" + CARD_NAME) for n in z.namelist())
+
+
 def default_model_path() -> str:
     return str(resources.files("openmm_ldb").joinpath("weights", "ldb_default.pt"))
 
 
-def load_model(path: str | None = None, device: str | torch.device = "cpu"):
-    """Load an exported model; returns ``(module, card)``.  Checks the model card."""
+def load_model(path: str | None = None, device: str | torch.device = "cpu", python: bool = True):
+    """Load an exported model; returns ``(module, card)``.  Checks the model card.
+
+    With ``python`` (the default) a TorchScript file's weights and sampler settings are loaded
+    into this package's :class:`Sampler` (the same function, no compile-on-first-call delay);
+    ``python=False`` returns the scripted module itself, as libtorch sees it.
+    """
     path = path or default_model_path()
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path!r}")
@@ -98,7 +148,18 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu"):
         card = json.loads(files[CARD_NAME]) if files[CARD_NAME] else {}
     if card.get("residues") != rc.RESTYPES_3:
         raise ValueError(f"{path}: the model's residue vocabulary differs from this openmm-ldb's table")
+    if card.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: exported by an older openmm-ldb (forward without disulfides/seeds); "
+                         f"re-export it with this version: openmm-ldb export {path} -o new.pt")
+    from .model.sampler import DEFAULT_SETTINGS
+
+    unknown = set(card.get("sampler_settings", {})) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"{path}: unknown sampler settings {sorted(unknown)} (a newer openmm-ldb made it)")
     if card.get("geometry_fingerprint") != geometry_fingerprint():
         raise ValueError(f"{path}: the model was trained with another ideal-geometry table "
                          f"({card.get('geometry_fingerprint')} != {geometry_fingerprint()})")
+    if python and not path.endswith(".pt2"):
+        model, _ = model_from_exported(path, module=module, card=card)
+        module = Sampler(model, card.get("sampler_settings")).eval().to(device)
     return module, card

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 
 from . import residues as rc
@@ -69,6 +70,16 @@ def nerf(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, bond: torch.Tensor, 
     return c + d2[..., 0:1] * bc + d2[..., 1:2] * m + d2[..., 2:3] * n
 
 
+def nerf_frame(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Rotation [..., 3, 3] (columns bc, m, n) of the NeRF frame at ``c``: an atom placed by
+    :func:`nerf` from (a, b, c) has fixed coordinates in it, and a torsion change of chi about
+    b-c is a rotation of its last two columns by chi."""
+    bc = normalize(c - b)
+    n = normalize(torch.cross(b - a, bc, dim=-1))
+    m = torch.cross(n, bc, dim=-1)
+    return torch.stack([bc, m, n], dim=-1)
+
+
 def frames_from_three_points(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Rotation matrices [..., 3, 3] (columns e1, e2, e3) of the frame at b: e1 along c-b,
     e2 in the plane of a, b, c (Gram–Schmidt), e3 = e1 x e2."""
@@ -114,6 +125,140 @@ def peptide_axes(ca: torch.Tensor, segment: torch.Tensor) -> Tuple[torch.Tensor,
     return x, u, w, dist
 
 
+def _rigid_groups(z: Dict[str, "np.ndarray"]):
+    """Rigid groups of the z-matrix: per residue type and slot the group (0 = backbone frame
+    (C, N, CA); k = the frame of chi k-1's atoms a-b-c, rotated by chi), the atom's fixed
+    coordinates in it, and the three slots that define each group's frame.
+
+    An atom placed by chi k belongs to group k+1; any other atom to the highest group of its
+    reference atoms (its internal coordinates are fixed, so it moves with them) unless a lower
+    reference is off that group's rotation axis: then to a last group framed by its own references.
+    """
+    import numpy as np
+
+    refs, target, valid, chi = z["refs"], z["target"], z["valid"], z["chi"]
+    nres, nsteps = target.shape
+    late = 1 + rc.MAX_CHI
+    ngroups = 2 + rc.MAX_CHI
+    group = np.full((nres, rc.NUM_SLOTS), -1, dtype=np.int64)
+    frame_atoms = np.zeros((nres, ngroups, 3), dtype=np.int64)
+    frame_atoms[:, :] = [2, 0, 1]  # C, N, CA
+    chi_slots = rc.chi_atom_slots()
+    for r in range(nres):
+        g = {0: 0, 1: 0, 2: 0}  # N, CA, C
+        for s in range(nsteps):
+            if valid[r, s] == 0:
+                continue
+            a, b, c = (int(x) for x in refs[r, s])
+            k = int(chi[r, s])
+            if k >= 0:
+                g[int(target[r, s])] = k + 1
+                frame_atoms[r, k + 1] = chi_slots[r, k, :3]
+                continue
+            top = max(g[a], g[b], g[c])
+            axis = frame_atoms[r, top, 1:] if top > 0 else [0, 1, 2]
+            if all(g[x] == top or x in axis for x in (a, b, c)):
+                g[int(target[r, s])] = top
+            else:
+                # reference atoms in two groups, the lower one off the higher one's axis (PRO's
+                # HD2/HD3 hang on N and CD): the atom is rigid only in its own references' frame
+                g[int(target[r, s])] = late
+                if frame_atoms[r, late].tolist() not in ([2, 0, 1], [a, b, c]):
+                    raise ValueError(f"{rc.RESTYPES_3[r]}: two non-rigid reference triples")
+                frame_atoms[r, late] = [a, b, c]
+        for slot, gg in g.items():
+            if slot > 2:
+                group[r, slot] = gg
+    # local coordinates from one reference build with every chi at 0 (rotation = identity)
+    tables = _ReferenceBuild(z)
+    local = tables.local_coordinates(group, frame_atoms)
+    return group, local.astype(np.float32), frame_atoms
+
+
+class _ReferenceBuild:
+    """Builds each residue type once with the z-matrix (chis 0) to read off rigid-group coordinates."""
+
+    def __init__(self, z):
+        self.z = z
+
+    def local_coordinates(self, group, frame_atoms):
+        import numpy as np
+
+        z = self.z
+        nres = group.shape[0]
+        atoms = torch.zeros(1, nres, rc.NUM_SLOTS, 3, dtype=torch.float64)
+        atoms[0, :, 0] = torch.tensor([-0.525, 1.363, 0.0], dtype=torch.float64)   # N
+        atoms[0, :, 2] = torch.tensor([1.526, 0.0, 0.0], dtype=torch.float64)      # C
+        for s in range(z["target"].shape[1]):
+            for r in range(nres):
+                if z["valid"][r, s] == 0:
+                    continue
+                a, b, c = (int(x) for x in z["refs"][r, s])
+                new = nerf(atoms[0, r, a], atoms[0, r, b], atoms[0, r, c],
+                           torch.tensor(float(z["bond"][r, s]), dtype=torch.float64),
+                           torch.tensor(float(z["angle"][r, s]), dtype=torch.float64),
+                           torch.tensor(float(z["torsion"][r, s]), dtype=torch.float64))
+                atoms[0, r, int(z["target"][r, s])] = new
+        local = np.zeros((nres, rc.NUM_SLOTS, 3))
+        for r in range(nres):
+            for slot in range(rc.NUM_SLOTS):
+                g = int(group[r, slot])
+                if g < 0:
+                    continue
+                a, b, c = (atoms[0, r, int(i)] for i in frame_atoms[r, g])
+                rot = nerf_frame(a, b, c)
+                local[r, slot] = (rot.T @ (atoms[0, r, slot] - c)).numpy()
+        return local
+
+
+def trace_bounds(dist: torch.Tensor, cis_threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cα–Cα distances an ideal peptide unit can span: trans 3.60–4.00 Å, cis 2.70–3.10 Å
+    (stretching the template within these keeps each backbone bond within 0.08 Å of ideal; 99.7 % of
+    crystal Cα–Cα fall inside)."""
+    cis = dist < cis_threshold
+    lo = torch.where(cis, torch.full_like(dist, 2.70), torch.full_like(dist, 3.60))
+    hi = torch.where(cis, torch.full_like(dist, 3.10), torch.full_like(dist, 4.00))
+    return lo, hi
+
+
+def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: float = 3.3,
+                     min_ca_i2: float = 4.4, iterations: int = 40) -> torch.Tensor:
+    """Move Cα as little as needed so every peptide unit can be ideal.
+
+    Consecutive Cα of a segment are brought inside :func:`trace_bounds` and Cα(i)–Cα(i+2) to at
+    least ``min_ca_i2`` Å (tighter i, i+2 turns put O(i) onto N(i+2)), by alternating
+    projections that move both ends of a violated distance half-way.  A trace that already
+    satisfies every bound (any native structure) comes back unchanged, bit for bit.
+    """
+    has_prev, has_next = segment_neighbours(segment)
+    nxt_ok = has_next[:-1].to(ca.dtype).view(1, -1, 1)
+    two = (has_next[:-2] & has_next[1:-1]).to(ca.dtype).view(1, -1, 1)
+    d0 = torch.sqrt(((ca[:, 1:] - ca[:, :-1]) ** 2).sum(-1) + 1e-12)
+    lo, hi = trace_bounds(d0, cis_threshold)  # cis or trans decided once, from the input
+    x = ca
+    for _ in range(iterations):
+        bond = x[:, 1:] - x[:, :-1]
+        d = torch.sqrt((bond * bond).sum(-1) + 1e-12)
+        target = torch.minimum(torch.maximum(d, lo), hi)
+        excess = (d - target) * nxt_ok.squeeze(-1)
+        if x.shape[1] > 2:
+            span = x[:, 2:] - x[:, :-2]
+            tight = torch.clamp(torch.sqrt((span * span).sum(-1) + 1e-12) - min_ca_i2, max=0.0) * two.squeeze(-1)
+            if not bool((excess.abs() > 1e-4).any()) and not bool((tight < -1e-4).any()):
+                break
+        elif not bool((excess.abs() > 1e-4).any()):
+            break
+        corr = ((d - target) / d).unsqueeze(-1) * bond * 0.5 * nxt_ok
+        x = x + torch.cat([corr, torch.zeros_like(x[:, :1])], 1) - torch.cat([torch.zeros_like(x[:, :1]), corr], 1)
+        if x.shape[1] > 2:
+            span = x[:, 2:] - x[:, :-2]
+            d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
+            corr2 = (torch.clamp(d2 - min_ca_i2, max=0.0) / d2).unsqueeze(-1) * span * 0.5 * two
+            z2 = torch.zeros_like(x[:, :2])
+            x = x + torch.cat([corr2, z2], 1) - torch.cat([z2, corr2], 1)
+    return x
+
+
 class GeometryTables(torch.nn.Module):
     """Chemistry tables from :mod:`residues` as buffers (so they travel with an exported model)."""
 
@@ -132,6 +277,15 @@ class GeometryTables(torch.nn.Module):
         self.register_buffer("chi_pi_periodic", torch.as_tensor(rc.chi_pi_periodic_array()))
         self.register_buffer("chi_atoms", torch.as_tensor(rc.chi_atom_slots()))
         self.register_buffer("symmetric_swap", torch.as_tensor(rc.symmetric_swap_array()))
+        group, local, frame_atoms = _rigid_groups(z)
+        # side-chain atoms by rigid group: 0 = backbone frame (C, N, CA), k = chi_k frame
+        self.register_buffer("sc_group", torch.as_tensor(group))
+        self.register_buffer("sc_local", torch.as_tensor(local))
+        self.register_buffer("group_frame_atoms", torch.as_tensor(frame_atoms))
+        self.num_groups = int(group.max()) + 1
+        self.max_chi = int(rc.MAX_CHI)
+        # atoms whose reference atoms span two groups off the chi axis (PRO's HD2/HD3 hang on
+        # N and CD) are not rigid in either: they keep the NeRF step, after the groups
         trans = rc.peptide_template(cis=False)
         cis = rc.peptide_template(cis=True)
         names = ["C", "O", "N", "H", "CA1"]
@@ -236,7 +390,7 @@ class GeometryTables(torch.nn.Module):
         slots[self.h2_slot] = h_nterm[1]
         slots[self.h3_slot] = h_nterm[2]
         atoms = torch.stack(slots, dim=2)  # [B, N, S, 3]
-        atoms = self.place_sidechains(atoms, restype, angles)
+        atoms = self.place_sidechains(atoms, restype, angles, -1)
         mask = self.residue_atom_mask(restype, has_prev, has_next)
         return atoms * mask.unsqueeze(0).unsqueeze(-1), mask
 
@@ -256,8 +410,37 @@ class GeometryTables(torch.nn.Module):
 
     @torch.jit.export
     def place_sidechains(self, atoms: torch.Tensor, restype: torch.Tensor,
+                         angles: torch.Tensor, slots: int = -1) -> torch.Tensor:
+        """Side-chain heavy atoms and hydrogens by rigid groups (AlphaFold-style): every atom has
+        fixed coordinates in the frame of its group, the backbone frame at CA or the frame of a
+        chi torsion rotated by that chi, so all residues and atoms of a group move at once.
+        Same atoms as the z-matrix walk (:meth:`place_sidechains_zmatrix`).  ``slots`` > 0 places
+        only the first ``slots`` slots (heavy atoms: ``NUM_HEAVY_SLOTS``) of ``atoms`` [B, N, slots, 3]."""
+        bsz, n = atoms.shape[0], atoms.shape[1]
+        s = self.num_slots if slots <= 0 else slots
+        group = self.sc_group[restype][:, :s]             # [N, S]
+        local = self.sc_local[restype][:, :s]             # [N, S, 3]
+        frame_atoms = self.group_frame_atoms[restype]     # [N, G, 3] slots (a, b, c)
+        out = atoms
+        for g in range(self.num_groups):
+            sel = (group == g)
+            idx = frame_atoms[:, g, :].view(1, n, 3, 1).expand(bsz, n, 3, 3)
+            abc = torch.gather(out, 2, idx)
+            rot = nerf_frame(abc[:, :, 0], abc[:, :, 1], abc[:, :, 2])      # [B, N, 3, 3]
+            if 0 < g <= self.max_chi:
+                cs = angles[:, :, 3 + g, 0].unsqueeze(-1)
+                sn = angles[:, :, 3 + g, 1].unsqueeze(-1)
+                m, nn_ = rot[..., 1], rot[..., 2]
+                rot = torch.stack([rot[..., 0], cs * m + sn * nn_, cs * nn_ - sn * m], dim=-1)
+            pos = abc[:, :, 2].unsqueeze(2) + torch.einsum("bnij,nsj->bnsi", rot, local)
+            out = torch.where(sel.view(1, n, -1, 1), pos, out)
+        return out
+
+    @torch.jit.export
+    def place_sidechains_zmatrix(self, atoms: torch.Tensor, restype: torch.Tensor,
                          angles: torch.Tensor) -> torch.Tensor:
-        """Fill side-chain heavy atoms and hydrogens by walking the z-matrix of each residue type."""
+        """Reference builder: walk the z-matrix atom by atom (NeRF).  :meth:`place_sidechains`
+        gives the same atoms with rigid groups; this one defines what they must be."""
         bsz, n = atoms.shape[0], atoms.shape[1]
         chi = torch.atan2(angles[..., 4:, 1], angles[..., 4:, 0])  # [B, N, 4]
         refs = self.z_refs[restype]        # [N, steps, 3]

@@ -197,10 +197,160 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
     return ckpt_path
 
 
+def noisy_ca(batch: dict, rng: random.Random, gen: torch.Generator, max_noise: float = 0.35) -> torch.Tensor:
+    """Cα as CG simulations give them: per chain no noise (a quarter of chains) or Gaussian
+    noise of 0.05–``max_noise`` Å, which also stretches and compresses Cα–Cα as soft CG bonds do."""
+    ca = batch["atoms"][:, :, 1].clone()
+    for b in range(ca.shape[0]):
+        if rng.random() < 0.25:
+            continue
+        sigma = rng.uniform(0.05, max_noise)
+        ca[b] += sigma * torch.randn(ca[b].shape, generator=gen) * batch["mask"][b].unsqueeze(-1)
+    return ca
+
+
+def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None = None, batch_chains: int = 8,
+                crop: int = 128, lr: float = 5e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
+                val_every: int = 500, threads: int | None = None, max_steps: int | None = None,
+                max_noise: float = 0.35, chains: list | None = None, val: list | None = None,
+                progress: bool = False) -> str:
+    """Train the one-pass best guess end to end on atoms; resumable, accumulates across sessions.
+
+    Starts from ``init`` (an exported model; the shipped default when None) or resumes from
+    ``<out>/checkpoint.pt``: model, optimizer, step, RNG states and data order continue exactly.
+    The log (``<out>/train.log``, JSON lines) records total steps, wall minutes and CPU-hours.
+    """
+    from .export import model_from_exported
+
+    if threads:
+        torch.set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, "train.log")
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    if chains is None:
+        data = torch.load(dataset, weights_only=False)
+        chains = [c for c in data["chains"] if c["split"] == "train"]
+        val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
+        random.Random(1).shuffle(val)
+    clusters = _cluster_index(chains)
+    cluster_names = sorted(clusters)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    step, cpu_before, wall_before = 0, 0.0, 0.0
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=False)
+        model = LDBModel(LDBConfig(**ck["config"]))
+        model.load_state_dict(ck["model"])
+        opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
+        opt.load_state_dict(ck["optimizer"])
+        step, cpu_before, wall_before = ck["step"], ck.get("cpu_seconds", 0.0), ck.get("elapsed", 0.0)
+        rng.setstate(ck["rng_python"])
+        gen.set_state(ck["rng_torch"])
+        init_from = ck.get("init")
+    else:
+        model, _card = model_from_exported(init)
+        opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
+        init_from = init or "shipped default"
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.guess_parameters():
+        p.requires_grad_(True)
+    model.train()
+    t0, c0 = time.time(), time.process_time()
+    _log(log_path, {"event": "start", "step": step, "init": init_from, "train_chains": len(chains),
+                    "train_clusters": len(clusters), "val_chains": len(val or []), "threads": torch.get_num_threads()})
+
+    def save():
+        save_checkpoint(ckpt_path, model, opt, step, "guess",
+                        {"elapsed": wall_before + time.time() - t0,
+                         "cpu_seconds": cpu_before + time.process_time() - c0,
+                         "rng_python": rng.getstate(), "rng_torch": gen.get_state(), "init": init_from})
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=step, desc="fine-tune", unit="step")
+    last = time.time()
+    while True:
+        if time.time() - t0 > minutes * 60.0 or (max_steps is not None and step >= max_steps):
+            break
+        scale = min(1.0, (step + 1) / 100) * max(0.1, 0.5 ** (step / 6000))
+        for g in opt.param_groups:
+            g["lr"] = lr * scale
+        picks = [rng.choice(clusters[rng.choice(cluster_names)]) for _ in range(batch_chains)]
+        batch = make_batch(chains, picks, crop, rng)
+        batch["ca"] = noisy_ca(batch, rng, gen, max_noise)
+        outd = model.guess_losses(batch)
+        opt.zero_grad()
+        outd["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.guess_parameters(), 1.0)
+        opt.step()
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        if step % log_every == 0:
+            now = time.time()
+            _log(log_path, {"step": step, "phase": "guess", "lr": round(lr * scale, 6),
+                            "loss": round(float(outd["loss"]), 4), "angle": round(float(outd["angle"]), 4),
+                            "coord": round(float(outd["coord"]), 4), "rmsd": round(float(outd["rmsd"]), 3),
+                            "clash": round(float(outd["clash"]), 4), "ring": round(float(outd["ring"]), 4),
+                            "sec_per_step": round((now - last) / log_every, 3),
+                            "wall_min_total": round((wall_before + now - t0) / 60, 2),
+                            "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 3)})
+            last = now
+        if step % ckpt_every == 0:
+            save()
+        if val and step % val_every == 0:
+            _log(log_path, {"step": step, **validate_guess(model, val)})
+    save()
+    if bar is not None:
+        bar.close()
+    _log(log_path, {"event": "end", "step": step,
+                    "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 3)})
+    return ckpt_path
+
+
+@torch.no_grad()
+def validate_guess(model: LDBModel, chains: list[dict], max_chains: int = 16) -> dict:
+    """Heavy-atom RMSD of the one-pass best guess (no clash resolution) on validation chains,
+    from true Cα and from Cα with 0.3 Å noise."""
+    model.eval()
+    out = {}
+    for name, noise in (("val_guess_rmsd", 0.0), ("val_guess_rmsd_noise03", 0.3)):
+        sq, cnt = 0.0, 0.0
+        gen = torch.Generator().manual_seed(0)
+        for c in chains[:max_chains]:
+            batch = make_batch([c], [0], crop=10_000, rng=random.Random(0))
+            if noise:
+                batch["ca"] = batch["ca"] + noise * torch.randn(batch["ca"].shape, generator=gen)
+            o = model.guess_losses(batch)
+            w = float(batch["present"].sum())
+            sq += float(o["rmsd"]) ** 2 * w
+            cnt += w
+        out[name] = round(math.sqrt(sq / max(cnt, 1.0)), 4)
+    model.train()
+    return out
+
+
 def main(argv=None) -> None:
     """``python -m openmm_ldb.training DATASET OUT`` (also under ``torchrun --nproc_per_node N``)."""
     import argparse
 
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "guess":
+        q = argparse.ArgumentParser(description="train the one-pass best guess (resumable)")
+        q.add_argument("dataset")
+        q.add_argument("out")
+        q.add_argument("--minutes", type=float, default=60.0)
+        q.add_argument("--max-steps", type=int, default=None)
+        q.add_argument("--threads", type=int, default=1)
+        q.add_argument("--init", default=None)
+        a = q.parse_args(argv[1:])
+        train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps)
+        return
     p = argparse.ArgumentParser(description="train LDB on a featurized dataset (see openmm_ldb.data)")
     p.add_argument("dataset")
     p.add_argument("out")

@@ -1,4 +1,5 @@
-"""The whole LDB model: training losses for both stages, and the scriptable sampler."""
+"""The whole LDB model: training losses of both stages and of the one-pass best guess
+(the exported function that samples from it is :mod:`.sampler`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .. import geometry as geo
 from .. import residues as rc
 from .decoder import Decoder
 from .denoiser import Denoiser
-from .diffusion import alpha_bar, hash_normal
+from .diffusion import alpha_bar
 from .encoder import Encoder, encoder_inputs
 from .quantizer import VectorQuantizer
 from .trunk import Graph
@@ -54,6 +55,41 @@ class LDBModel(nn.Module):
         self.denoiser = Denoiser(c.hidden, c.denoiser_layers, c.latent_dim)
         self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
         self.register_buffer("latent_std", torch.ones(c.latent_dim))
+        # the deterministic best guess: one pass of a denoiser (at t = 1, from a zero latent) and
+        # a decoder of its own, started from the diffusion pair and trained end to end on atoms
+        self.guess_denoiser = Denoiser(c.hidden, c.denoiser_layers, c.latent_dim)
+        self.guess_decoder = Decoder(c.hidden, c.decoder_layers, c.latent_dim)
+
+    def init_guess(self) -> None:
+        """Start the best-guess networks from the trained diffusion denoiser and decoder."""
+        self.guess_denoiser.load_state_dict(self.denoiser.state_dict())
+        self.guess_decoder.load_state_dict(self.decoder.state_dict())
+
+    def guess_parameters(self):
+        return list(self.guess_denoiser.parameters()) + list(self.guess_decoder.parameters())
+
+    def guess_losses(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Losses of the one-pass best guess on a batch: the Cα are regularized as at inference
+        (:func:`geometry.regularize_trace`), atoms are built by the same rigid groups."""
+        atoms, present, restype = batch["atoms"], batch["present"], batch["restype"]
+        segment, mask = batch["segment"], batch["mask"]
+        ca = torch.cat([geo.regularize_trace(batch["ca"][b:b + 1], segment[b]) for b in range(segment.shape[0])])
+        node, edge, rel, idx, valid, rot = self._graph_batch(ca, segment, mask)
+        true_full = torch.zeros(atoms.shape[0], atoms.shape[1], rc.NUM_SLOTS, 3, dtype=atoms.dtype)
+        true_full[:, :, : atoms.shape[2]] = atoms
+        angles, angle_mask = self._true_angles(true_full, restype, segment)
+        angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
+        pred = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype, mask,
+                                                                  self.latent_mean, self.latent_std)
+        out: Dict[str, torch.Tensor] = {}
+        out["angle"] = angle_loss(pred, angles, angle_mask, restype, self.tables)
+        out["coord"], out["rmsd"], built = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
+        out["clash"] = clash_loss(built, restype, idx, valid, mask, self.tables)
+        out["ring"] = proline_ring_loss(built, restype, mask)
+        c = self.config
+        out["loss"] = c.angle_weight * out["angle"] + c.coord_weight * out["coord"] + \
+            c.clash_weight * out["clash"] + c.ring_weight * out["ring"]
+        return out
 
     # ---------------------------------------------------------------- training
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -171,6 +207,24 @@ class LDBModel(nn.Module):
         return loss, rmsd, built
 
 
+class BestGuess(nn.Module):
+    """The one-pass best guess: the denoiser's clean latent from the mean of pure noise (zero)
+    at t = 1, decoded to angles [B, N, NUM_ANGLES, 2]."""
+
+    def __init__(self, denoiser: Denoiser, decoder: Decoder):
+        super().__init__()
+        self.denoiser = denoiser
+        self.decoder = decoder
+
+    def forward(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
+                latent_std: torch.Tensor) -> torch.Tensor:
+        shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
+        z = torch.zeros(shape, device=node.device, dtype=node.dtype)
+        t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
+        latent = self.denoiser(node, edge, rel, idx, valid, restype, mask, z, t) * latent_std + latent_mean
+        return self.decoder(node, edge, rel, idx, valid, restype, mask, latent)
+
+
 def clash_loss(built: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
                mask: torch.Tensor, tables: geo.GeometryTables, cutoff: float = 2.8, k_clash: int = 8) -> torch.Tensor:
     """Hinge on heavy-atom pairs of graph-neighbour residues closer than ``cutoff`` Å.
@@ -220,139 +274,3 @@ def angle_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, resty
     pi_per[..., geo.CHI0:] = tables.chi_pi_periodic[restype]
     d = torch.where(pi_per > 0, torch.minimum(d, d_flip), d)
     return (d * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-class Sampler(nn.Module):
-    """Cα trace + sequence -> all-atom ensembles; the exported (TorchScript) entry point.
-
-    ``forward(ca [B, N, 3] Å, restype [N], segment [N], steps, samples, seed, deterministic)``
-    returns ``(atoms [B, S, N, NUM_SLOTS, 3] Å, atom_mask [N, NUM_SLOTS])``.
-    """
-
-    def __init__(self, model: LDBModel):
-        super().__init__()
-        self.graph = model.graph
-        self.tables = model.tables
-        self.quantizer = model.quantizer
-        self.decoder = model.decoder
-        self.denoiser = model.denoiser
-        self.register_buffer("latent_mean", model.latent_mean.clone())
-        self.register_buffer("latent_std", model.latent_std.clone())
-        self.latent_dim = int(model.config.latent_dim)
-        self.bond_sg_sg = float(rc.BOND_SG_SG)
-        self.disulfide_ca_max = float(rc.DISULFIDE_CA_CA_MAX)
-        self.cys = int(rc.RESTYPE_INDEX["CYS"])
-        self.repack_sweeps = 3
-        # samples decode the nearest codebook entry (discrete states, as the VQ-VAE was trained);
-        # the deterministic best guess decodes the continuous denoised latent, which measured
-        # closer to the reference (it stays near the posterior mean)
-        self.snap_to_codes = True
-        self.repack_cutoff = 3.0
-        self.repack_penalty = 1.5
-        # (chi1, chi2, chi3) rotations tried for clashing side chains, degrees
-        self.register_buffer("repack_offsets", torch.tensor(
-            [[0.0, 0.0, 0.0], [120.0, 0.0, 0.0], [-120.0, 0.0, 0.0], [0.0, 120.0, 0.0], [0.0, -120.0, 0.0],
-             [0.0, 0.0, 120.0], [0.0, 0.0, -120.0]]) * (math.pi / 180.0))
-        self.repack_neighbours = 16
-        self.register_buffer("heavy_mask", torch.as_tensor(rc.heavy_mask_array()))
-
-    def forward(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, steps: int = 10,
-                samples: int = 1, seed: int = 0, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        bsz, n = ca.shape[0], ca.shape[1]
-        x = ca.unsqueeze(1).expand(bsz, samples, n, 3).reshape(bsz * samples, n, 3)
-        mask = torch.ones(bsz * samples, n, device=ca.device, dtype=ca.dtype)
-        rt = restype.unsqueeze(0).expand(bsz * samples, n)
-        node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
-        shape = [bsz * samples, n, self.latent_dim]
-        if deterministic:
-            z = torch.zeros(shape, device=ca.device, dtype=ca.dtype)
-        else:
-            z = hash_normal(shape, seed, 0, ca.device).to(ca.dtype)
-        steps = max(int(steps), 1)
-        for s in range(steps):
-            t_now = 1.0 - s / steps
-            t_next = 1.0 - (s + 1) / steps
-            tt = torch.full([bsz * samples], t_now, device=ca.device, dtype=ca.dtype)
-            ab_now = alpha_bar(tt).view(-1, 1, 1)
-            ab_next = alpha_bar(torch.full([bsz * samples], t_next, device=ca.device, dtype=ca.dtype)).view(-1, 1, 1)
-            x0 = self.denoiser(node, edge, rel, idx, valid, rt, mask, z, tt)
-            if s == steps - 1:
-                z = x0
-            else:
-                eps = (z - torch.sqrt(ab_now) * x0) / torch.sqrt(1.0 - ab_now)
-                z = torch.sqrt(ab_next) * x0 + torch.sqrt(1.0 - ab_next) * eps
-        latent = z * self.latent_std + self.latent_mean
-        zq = self.choose_latent(latent, deterministic, seed)
-        angles = self.decoder(node, edge, rel, idx, valid, rt, mask, zq)
-        atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
-        if self.repack_sweeps > 0:
-            atoms = self.repack(atoms, angles, restype, idx, atom_mask)
-        return atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask
-
-    def choose_latent(self, latent: torch.Tensor, deterministic: bool, seed: int) -> torch.Tensor:
-        """The latent the decoder reads: nearest code for samples, the continuous one for the best
-        guess (``seed`` is unused here; the torch.export version reads the mode from it)."""
-        if self.snap_to_codes and not deterministic:
-            return self.quantizer.lookup(self.quantizer.nearest(latent))
-        return latent
-
-    def residue_clash(self, cand: torch.Tensor, atoms: torch.Tensor, restype: torch.Tensor,
-                      idx: torch.Tensor) -> torch.Tensor:
-        """[B, N] clash score of each residue's side chain (candidate positions ``cand``) against
-        the heavy atoms of its graph neighbours (current ``atoms``), residues i±1 excluded."""
-        b, n = cand.shape[0], cand.shape[1]
-        k = min(self.repack_neighbours, idx.shape[-1])
-        nb_idx = idx[..., :k]
-        heavy = self.heavy_mask[restype]                     # [N, 30]
-        sc = heavy.clone()
-        sc[:, :5] = 0.0                                       # side chain beyond CB
-        s = 14
-        flat = atoms[:, :, :s].reshape(b, n, s * 3)
-        nb = torch.gather(flat, 1, nb_idx.reshape(b, n * k, 1).expand(b, n * k, s * 3)).view(b * n * k, s, 3)
-        own = cand[:, :, :s].unsqueeze(2).expand(b, n, k, s, 3).reshape(b * n * k, s, 3)
-        d = torch.cdist(own, nb).view(b, n, k, s, s)
-        nb_heavy = heavy[:, :s][nb_idx.reshape(-1)].view(b, n, k, s)
-        pos = torch.arange(n, device=cand.device).view(1, n, 1)
-        far = ((nb_idx - pos).abs() > 1).to(cand.dtype)
-        w = sc[:, :s].view(1, n, 1, s, 1) * nb_heavy.unsqueeze(3) * far.unsqueeze(-1).unsqueeze(-1)
-        return (torch.relu(self.repack_cutoff - d) ** 2 * w).sum((2, 3, 4))
-
-    def repack(self, atoms: torch.Tensor, angles: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor,
-               atom_mask: torch.Tensor) -> torch.Tensor:
-        """Greedy side-chain repacking: residues whose side chains overlap a neighbour try chi1/chi2
-        rotations of +-120 degrees and keep the least-clashing one (a small penalty favours the
-        model's own choice).  Sweeps update every third residue at a time, so two clashing
-        neighbours rarely move together."""
-        b, n = atoms.shape[0], atoms.shape[1]
-        ncand = self.repack_offsets.shape[0]
-        cur_angles = angles
-        pos = torch.arange(n, device=atoms.device)
-        for sweep in range(self.repack_sweeps):
-            scores: List[torch.Tensor] = []
-            cands: List[torch.Tensor] = []
-            cand_angles: List[torch.Tensor] = []
-            for c in range(ncand):
-                off = self.repack_offsets[c]
-                rot = cur_angles.clone()
-                for j in range(off.shape[0]):
-                    cs, sn = torch.cos(off[j]), torch.sin(off[j])
-                    a0 = cur_angles[..., 4 + j, 0]
-                    a1 = cur_angles[..., 4 + j, 1]
-                    rot[..., 4 + j, 0] = a0 * cs - a1 * sn
-                    rot[..., 4 + j, 1] = a1 * cs + a0 * sn
-                cand = self.tables.place_sidechains(atoms, restype, rot)
-                pen = 0.0 if c == 0 else self.repack_penalty
-                scores.append(self.residue_clash(cand, atoms, restype, idx) + pen)
-                cands.append(cand)
-                cand_angles.append(rot)
-            score = torch.stack(scores, 0)                            # [C, B, N]
-            best = score.argmin(0)                                    # [B, N]
-            turn = (pos % 3 == sweep % 3).view(1, n)
-            best = torch.where(turn, best, torch.zeros_like(best))
-            stacked = torch.stack(cands, 0)                           # [C, B, N, 30, 3]
-            sel = best.view(1, b, n, 1, 1).expand(1, b, n, stacked.shape[-2], 3)
-            atoms = torch.gather(stacked, 0, sel)[0]
-            ang = torch.stack(cand_angles, 0)
-            sel_a = best.view(1, b, n, 1, 1).expand(1, b, n, ang.shape[-2], 2)
-            cur_angles = torch.gather(ang, 0, sel_a)[0]
-        return atoms * atom_mask.unsqueeze(0).unsqueeze(-1)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .features import gather_nodes
 
@@ -48,16 +49,26 @@ class MPNNLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
                 node_mask: torch.Tensor, cond: Optional[torch.Tensor] = None):
-        k = idx.shape[-1]
-        h_j = gather_nodes(h, idx)
-        h_i = h.unsqueeze(2).expand(-1, -1, k, -1)
-        m = self.message(torch.cat([h_i, e, h_j], dim=-1)) * valid.unsqueeze(-1)
+        m = _edge_mlp(self.message[0].weight, self.message[0].bias, self.message[2].weight, self.message[2].bias,
+                      h, e, idx) * valid.unsqueeze(-1)
         agg = m.sum(2) / valid.sum(-1, keepdim=True).clamp(min=1.0)
         h = self.norm1(h + self.dropout(agg), cond)
         h = self.norm2(h + self.dropout(self.ffn(h)), cond)
         h = h * node_mask.unsqueeze(-1)
         if self.update_edges:
-            h_j = gather_nodes(h, idx)
-            h_i = h.unsqueeze(2).expand(-1, -1, k, -1)
-            e = self.norm_e(e + self.dropout(self.edge_mlp(torch.cat([h_i, e, h_j], dim=-1))))
+            upd = _edge_mlp(self.edge_mlp[0].weight, self.edge_mlp[0].bias, self.edge_mlp[2].weight,
+                            self.edge_mlp[2].bias, h, e, idx)
+            e = self.norm_e(e + self.dropout(upd))
         return h, e
+
+
+def _edge_mlp(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, h: torch.Tensor,
+              e: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``Linear(w2) o GELU o Linear(w1)`` of ``cat([h_i, e_ij, h_j])`` without building the
+    concatenation: the first layer is split into its node-i, edge and node-j blocks and the node
+    blocks are applied once per node instead of once per edge (same numbers, a third of the work)."""
+    hid = h.shape[-1]
+    own = F.linear(h, w1[:, :hid])
+    other = F.linear(h, w1[:, 2 * hid:])
+    x = F.linear(e, w1[:, hid:2 * hid], b1) + own.unsqueeze(2) + gather_nodes(other, idx)
+    return F.linear(F.gelu(x), w2, b2)
