@@ -44,19 +44,34 @@ ONE_TO_THREE = dict(zip(RESTYPES_1, RESTYPES_3))
 THREE_TO_ONE = dict(zip(RESTYPES_3, RESTYPES_1))
 RESTYPE_INDEX = {name: i for i, name in enumerate(RESTYPES_3)}
 
-# Residue names seen in PDB files and force-field outputs that are the same amino acid.
+# Residue names other engines and force fields write for the 20 amino acids: protonation and
+# force-field variants (amber, CHARMM, GROMACS), selenomethionine, and terminal names.  The one
+# place such names are spelled out; every reader maps names through canonical_residue_name.
 RESIDUE_ALIASES = {
-    "HIE": "HIS", "HID": "HIS", "HIP": "HIS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS",
-    "CYX": "CYS", "CYM": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS",
+    # amber / CHARMM / GROMACS protonation and bonding variants
+    "HIE": "HIS", "HID": "HIS", "HIP": "HIS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS", "HISD": "HIS",
+    "HISE": "HIS", "HISH": "HIS", "HISP": "HIS", "HIS1": "HIS", "HIS2": "HIS", "HSC": "HIS",
+    "CYX": "CYS", "CYM": "CYS", "CYS2": "CYS", "CYX2": "CYS", "ASH": "ASP", "ASPP": "ASP", "GLH": "GLU",
+    "GLUP": "GLU", "LYN": "LYS", "LSN": "LYS", "LYSN": "LYS", "ARN": "ARG",
+    # selenomethionine (a MET in every CG model)
+    "MSE": "MET",
 }
-# Atom names other packages use for the same atom (CHARMM, old PDB).
+# Terminal residue names: amber's N/C prefix (NALA, CGLY) and SMOG's T suffix for the last residue
+# of a chain (GLYT in OpenSMOG's CI2 model), for every amino acid and its variants above.
+for _name in RESTYPES_3 + [a for a in RESIDUE_ALIASES if len(a) == 3]:
+    _std = RESIDUE_ALIASES.get(_name, _name)
+    for _term in ("N" + _name, "C" + _name, _name + "T"):
+        RESIDUE_ALIASES.setdefault(_term, _std)
+del _name, _std, _term
+# Atom names other packages use for the same atom (CHARMM, old PDB; SE of selenomethionine).
 ATOM_ALIASES = {("ILE", "CD"): "CD1", ("*", "OT1"): "O", ("*", "OT2"): "OXT", ("*", "O1"): "O",
-                ("*", "O2"): "OXT", ("*", "HN"): "H"}
+                ("*", "O2"): "OXT", ("*", "HN"): "H", ("MET", "SE"): "SD"}
 
 
 def canonical_residue_name(name: str) -> str:
-    """Return the 20-letter-vocabulary name for ``name`` (e.g. HIE -> HIS), or raise KeyError."""
-    name = name.upper()
+    """Return the 20-letter-vocabulary name for ``name`` (HIE, HSD -> HIS; GLYT, NGLY -> GLY;
+    MSE -> MET; case and surrounding blanks ignored), or raise KeyError."""
+    name = name.strip().upper()
     name = RESIDUE_ALIASES.get(name, name)
     if name not in RESTYPE_INDEX:
         raise KeyError(name)

@@ -30,7 +30,10 @@ Per-format notes
 ``.pdb``
     Multi-model PDB (MODEL/ENDMDL).  The footer (CONECT records and END) is
     rewritten after every model so the file is complete at all times.  No
-    per-frame step, time or box is stored (CRYST1 comes from the Topology).
+    per-frame step or time is stored; the box is the header's CRYST1 (from the
+    Topology), and a frame whose box differs gets its own CRYST1 before MODEL
+    (as mdtraj and VMD write NPT trajectories).  Disulfides get SSBOND records
+    in the header and CONECT records in the footer.
 ``.cif``/``.pdbx``/``.mmcif``
     Multi-model PDBx/mmCIF; frames are rows of the ``atom_site`` loop with
     increasing ``pdbx_PDB_model_num``.  No per-frame step, time or box.
@@ -44,17 +47,24 @@ Per-format notes
 import io
 import os
 import warnings
+from math import pi
 
 import numpy as np
 from openmm import unit
 from openmm.app import DCDFile, PDBFile, PDBxFile, Topology
+from openmm.app.internal.unitcell import computeLengthsAndAngles
+
+from . import residues as rc
 
 __all__ = [
     'SUPPORTED_EXTENSIONS',
     'TrajectoryWriter',
     'default_topology_path',
     'open_sample_writers',
+    'pdb_named_topology',
     'sample_paths',
+    'ssbond_records',
+    'write_pdb_file',
     'writer_for_samples',
 ]
 
@@ -181,6 +191,112 @@ def _to_ps(value):
     return float(value)
 
 
+def pdb_named_topology(topology):
+    """A copy of ``topology`` with PDB residue names: force-field variants (CYX, HIE, ASH...) and
+    other engines' names (GLYT, MSE...) become the standard amino-acid name, so every writer
+    emits protein residues as ``ATOM`` records and disulfides as ``SSBOND`` (PDB) or ``disulf``
+    (PDBx) from the SG–SG bond.  Other residues (ACE, NME caps...) keep their names."""
+    top = Topology()
+    atoms = {}
+    for chain in topology.chains():
+        c = top.addChain(chain.id)
+        for res in chain.residues():
+            try:
+                name = rc.canonical_residue_name(res.name)
+            except KeyError:
+                name = res.name
+            r = top.addResidue(name, c, id=res.id, insertionCode=getattr(res, 'insertionCode', ''))
+            for atom in res.atoms():
+                atoms[atom] = top.addAtom(atom.name, atom.element, r, id=atom.id)
+    for bond in topology.bonds():
+        top.addBond(atoms[bond[0]], atoms[bond[1]], type=bond.type, order=bond.order)
+    top.setPeriodicBoxVectors(topology.getPeriodicBoxVectors())
+    return top
+
+
+def ids_writable(topology, fmt='pdb'):
+    """Whether the chain ids and residue numbers of ``topology`` fit the format (PDB: one-letter
+    chain ids, residue numbers of at most 4 characters; PDBx: every chain its own id)."""
+    if fmt == 'cif':
+        ids = [c.id for c in topology.chains()]
+        return len(set(ids)) == len(ids) and all(ids)
+    for chain in topology.chains():
+        if len(chain.id) != 1:
+            return False
+        for res in chain.residues():
+            rid = str(res.id).strip()
+            if not rid.lstrip('-').isdigit() or len(rid) > 4:
+                return False
+    return True
+
+
+def _pdb_ids(topology, keep_ids):
+    """(chain id, residue number) as OpenMM's PDBFile writes them."""
+    ids = {}
+    for c, chain in enumerate(topology.chains()):
+        chain_id = chain.id if keep_ids else chr(ord('A') + c % 26)
+        for r, res in enumerate(chain.residues()):
+            ids[res] = ((chain_id or ' ')[:1], str(res.id) if keep_ids else str((r + 1) % 10000))
+    return ids
+
+
+def ssbond_records(topology, positions=None, keep_ids=True):
+    """PDB ``SSBOND`` lines for the SG–SG bonds of ``topology`` (with lengths when positions,
+    Quantity or nm, are given)."""
+    xyz = None
+    if positions is not None:
+        xyz = _to_nm_array(positions, 'positions').reshape(-1, 3) * 10.0
+    ids = _pdb_ids(topology, keep_ids)
+    lines = []
+    for bond in topology.bonds():
+        a, b = bond[0], bond[1]
+        if a.name != 'SG' or b.name != 'SG' or a.residue is b.residue:
+            continue
+        if a.residue.index > b.residue.index:
+            a, b = b, a
+        (c1, r1), (c2, r2) = ids[a.residue], ids[b.residue]
+        ic1 = (getattr(a.residue, 'insertionCode', '') or ' ')[:1] if keep_ids else ' '
+        ic2 = (getattr(b.residue, 'insertionCode', '') or ' ')[:1] if keep_ids else ' '
+        line = 'SSBOND %3d CYS %s %4s%s   CYS %s %4s%s' % (len(lines) + 1, c1, r1, ic1, c2, r2, ic2)
+        line = line.ljust(59) + '  1555   1555'
+        if xyz is not None:
+            line += ' %5.2f' % np.linalg.norm(xyz[a.index] - xyz[b.index])
+        lines.append(line)
+    return lines
+
+
+def _cryst1(box):
+    a, b, c, alpha, beta, gamma = computeLengthsAndAngles([tuple(v) for v in np.asarray(box, dtype=np.float64)])
+    return 'CRYST1%9.3f%9.3f%9.3f%7.2f%7.2f%7.2f P 1           1 ' % (
+        a*10, b*10, c*10, alpha*180/pi, beta*180/pi, gamma*180/pi)
+
+
+def _pdb_header(topology, positions=None, keep_ids=True):
+    buf = io.StringIO()
+    PDBFile.writeHeader(topology, buf)
+    head = buf.getvalue().splitlines()
+    lines = [h for h in head if h.startswith('REMARK')]
+    lines += ssbond_records(topology, positions, keep_ids)
+    lines += [h for h in head if not h.startswith('REMARK')]
+    return '\n'.join(lines) + '\n'
+
+
+def write_pdb_file(topology, positions, file, keep_ids=None, standard_names=True):
+    """Write one structure as a complete PDB file: PDB residue names (unless
+    ``standard_names=False``), ``SSBOND`` and ``CONECT`` records for disulfides, CRYST1 for a
+    periodic topology, and the topology's chain ids and residue numbers when they fit."""
+    if standard_names:
+        topology = pdb_named_topology(topology)
+    if keep_ids is None:
+        keep_ids = ids_writable(topology)
+    pos = _to_nm_array(positions, 'positions')
+    body = io.StringIO()
+    PDBFile.writeModel(topology, pos*unit.nanometers, body, keepIds=keep_ids)
+    PDBFile.writeFooter(topology, body)
+    file.write(_pdb_header(topology, pos, keep_ids) + body.getvalue())
+
+
+
 def _replace_atomically(path, write_func):
     tmp = '%s.tmp%d' % (path, os.getpid())
     try:
@@ -208,7 +324,7 @@ class TrajectoryWriter:
     """
 
     def __init__(self, path, topology, append=False, topology_pdb=None, dt=None,
-                 interval=None, keep_ids=False):
+                 interval=None, keep_ids=None, standard_names=True):
         """Create a TrajectoryWriter.
 
         Parameters
@@ -235,9 +351,15 @@ class TrajectoryWriter:
         interval : int=None
             Steps between frames; only used for the DCD header (default 1).
             In append mode the existing DCD header's interval is used.
-        keep_ids : bool=False
+        keep_ids : bool=None
             Passed to OpenMM's PDB/PDBx writers: keep the residue and chain IDs
-            of the Topology instead of renumbering them.
+            of the Topology instead of renumbering them.  By default they are
+            kept whenever they fit the format (see :func:`ids_writable`).
+        standard_names : bool=True
+            Write PDB residue names (CYS with SSBOND, HIS...) instead of the
+            Topology's force-field names (CYX, HIE...): protein residues are then
+            ATOM records, as other tools expect.  False writes the names as
+            they are (non-standard names become HETATM).
         """
         self._path = os.fspath(path)
         self._format = _format_of(self._path)
@@ -247,13 +369,18 @@ class TrajectoryWriter:
                 raise TypeError('topology must be an openmm.app.Topology or mdtraj.Topology, got %r'
                                 % type(topology))
             topology = to_openmm()
-        self._topology = topology
+        self._topology = pdb_named_topology(topology) if standard_names else topology
         self._n_atoms = topology.getNumAtoms()
         self._dt = _to_ps(dt)
         self._interval = None if interval is None else int(interval)
         if self._interval is not None and self._interval < 1:
             raise ValueError('interval must be >= 1, got %d' % self._interval)
+        if keep_ids is None:
+            keep_ids = ids_writable(self._topology, 'cif' if self._format == 'cif' else 'pdb')
         self._keep_ids = bool(keep_ids)
+        self._header_box = self._topology.getPeriodicBoxVectors()
+        if self._header_box is not None:
+            self._header_box = _to_nm_array(self._header_box, 'box_vectors')
         self._n_frames = 0
         self._n_written = 0  # frames written by this writer
         self._closed = False
@@ -416,8 +543,8 @@ class TrajectoryWriter:
         directory = os.path.dirname(self._topology_pdb)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        _replace_atomically(self._topology_pdb, lambda f: PDBFile.writeFile(
-            self._topology, pos*unit.nanometers, f, keepIds=self._keep_ids))
+        _replace_atomically(self._topology_pdb, lambda f: write_pdb_file(
+            self._topology, pos, f, keep_ids=ids_writable(self._topology), standard_names=False))
         self._topology_pdb_written = True
 
     # ------------------------------------------------------------------
@@ -598,9 +725,7 @@ class TrajectoryWriter:
     def _open_pdb(self):
         if not self._appending:
             self._file = open(self._path, 'w+b')
-            buf = io.StringIO()
-            PDBFile.writeHeader(self._topology, buf)
-            self._file.write(buf.getvalue().encode())
+            self._file.write(_pdb_header(self._topology, keep_ids=self._keep_ids).encode())
             self._footer_offset = self._file.tell()
             self._write_pdb_footer()
             return
@@ -644,6 +769,8 @@ class TrajectoryWriter:
 
     def _write_pdb(self, pos, step, time, box):
         buf = io.StringIO()
+        if box is not None and (self._header_box is None or np.abs(box - self._header_box).max() > 5e-5):
+            buf.write(_cryst1(box) + '\n')  # this frame's box differs from the header's
         PDBFile.writeModel(self._topology, pos*unit.nanometers, buf, modelIndex=self._n_frames + 1,
                            keepIds=self._keep_ids)
         self._file.seek(self._footer_offset)

@@ -164,14 +164,22 @@ def test_error_empty_topology():
         tp.read_cg_topology(top)
 
 
-def test_error_one_residue_segment(real_chains):
+def test_one_residue_segment_is_capped(real_chains, forcefield):
+    """A residue alone between two gaps (3 % of real chains) is its own segment, built as
+    ACE-X-NME so amber14 parameterizes it (it was refused before)."""
     chain = real_chains[0]
     n = len(chain.restype)
     sub = _sub_chain(chain, np.r_[0:20, 25, 30:n])  # residue 25 alone between two gaps
     m = tp.read_cg_topology(cg_topology([sub]))
-    with pytest.raises(tp.CGTopologyError, match="one-residue segment") as err:
-        m.segments(_ca(sub))
-    assert "index 20" in str(err.value) and rc.RESTYPES_3[sub.restype[20]] in str(err.value)
+    seg = m.segments(_ca(sub))
+    assert np.bincount(seg).tolist() == [20, 1, n - 30]
+    layout = tp.build_aa_topology(m, seg, hydrogens=True)
+    names = [r.name for r in layout.topology.residues()]
+    assert names[19:24] == [rc.RESTYPES_3[sub.restype[19]], "ACE", rc.RESTYPES_3[sub.restype[20]], "NME",
+                            rc.RESTYPES_3[sub.restype[21]]]
+    assert layout.topology.getNumChains() == 3
+    system = forcefield.createSystem(layout.topology)
+    assert system.getNumParticles() == layout.topology.getNumAtoms()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import mdtraj
 import numpy as np
@@ -364,3 +365,89 @@ os._exit(3)
         traj = _load(p)
         assert traj.n_frames == 3, p
         assert np.allclose(traj.xyz[2], x0 + 0.2, atol=_TOL[e])
+
+
+# ----------------------------------------------------------------------------------------------
+# Standard records (issue 11): ATOM for protein residues, SSBOND + CONECT for disulfides, force-field
+# names only on request, the CG chain ids and residue numbers, a unit cell in every frame
+# ----------------------------------------------------------------------------------------------
+def _disulfide_topology(box=None):
+    """A real backmapper topology: two chains (ids B, B) with CG residue numbers 10.., one
+    disulfide (CYX), built the way Backmapper.plan builds it."""
+    from openmm.app import Element, Topology
+
+    from openmm_ldb import topology as tp
+
+    cg = Topology()
+    for seq, start in (("GCAGKE", 10), ("WCHKA", 40)):
+        chain = cg.addChain("B")
+        for i, name in enumerate(seq):
+            from openmm_ldb.residues import ONE_TO_THREE
+            res = cg.addResidue(ONE_TO_THREE[name], chain, id=str(start + i))
+            cg.addAtom("CA", Element.getBySymbol("C"), res)
+    mapping = tp.read_cg_topology(cg)
+    seg = mapping.segments(np.cumsum(np.full((11, 3), 2.2), axis=0))
+    layout = tp.build_aa_topology(mapping, seg, hydrogens=False, disulfides=[(1, 7)], box=box)
+    rng = np.random.default_rng(0)
+    return layout.topology, rng.normal(0, 1.0, (layout.topology.getNumAtoms(), 3))
+
+
+def test_pdb_standard_records(tmp_path):
+    top, pos = _disulfide_topology()
+    assert [r.name for r in top.residues()].count('CYX') == 2  # force-field names in memory
+    path = str(tmp_path / 'aa.pdb')
+    with TrajectoryWriter(path, top) as w:
+        w.write(pos)
+        w.write(pos + 0.1)
+    text = Path(path).read_text()
+    assert 'HETATM' not in text and 'CYX' not in text
+    ssbond = [ln for ln in text.splitlines() if ln.startswith('SSBOND')]
+    assert len(ssbond) == 1 and ssbond[0][11:14] == 'CYS' and ssbond[0][15:21] == 'B   11'
+    assert ssbond[0][25:28] == 'CYS' and ssbond[0][29:35] == 'B   41'
+    assert any(ln.startswith('CONECT') for ln in text.splitlines())
+    from openmm.app import PDBFile
+    pdb = PDBFile(path)
+    chains = list(pdb.topology.chains())
+    assert [c.id for c in chains] == ['B', 'B']
+    assert [r.id for r in chains[1].residues()] == [str(i) for i in range(40, 45)]
+    sg = [(a.residue.id, b.residue.id) for a, b in pdb.topology.bonds() if a.name == b.name == 'SG']
+    assert sg == [('11', '41')]
+    # force-field names where the user asks for them
+    path2 = str(tmp_path / 'ff.pdb')
+    with TrajectoryWriter(path2, top, standard_names=False) as w:
+        w.write(pos)
+    assert 'HETATM' in Path(path2).read_text() and 'CYX' in Path(path2).read_text()
+
+
+def test_companion_pdb_and_cif_standard_names(tmp_path):
+    top, pos = _disulfide_topology()
+    with TrajectoryWriter(str(tmp_path / 'aa.dcd'), top) as w:
+        w.write(pos)
+    text = Path(tmp_path / 'aa.pdb').read_text()
+    assert 'SSBOND' in text and 'CYX' not in text and 'HETATM' not in text
+    with TrajectoryWriter(str(tmp_path / 'aa.cif'), top) as w:
+        w.write(pos)
+    cif = Path(tmp_path / 'aa.cif').read_text()
+    assert 'disulf' in cif and 'CYX' not in cif
+    assert PDBxFile(str(tmp_path / 'aa.cif')).topology.getNumAtoms() == top.getNumAtoms()
+
+
+def test_unit_cell_in_every_frame(tmp_path):
+    box = np.diag([5.0, 5.0, 5.0])
+    top, pos = _disulfide_topology(box=box * 10.0)
+    boxes = [box, box * 1.01, box * 0.99]
+    for ext in ('.pdb', '.dcd', '.xtc', '.cif'):
+        path = str(tmp_path / ext[1:] / ('aa' + ext))
+        os.makedirs(os.path.dirname(path))
+        with TrajectoryWriter(path, top) as w:
+            for b in boxes:
+                w.write(pos, box_vectors=b)
+        traj = _load(path)
+        assert traj.unitcell_vectors is not None, ext
+        if ext not in ('.cif', '.pdb'):  # PDBx has one cell per file; mdtraj reads one CRYST1
+            assert np.allclose(traj.unitcell_vectors, boxes, atol=2e-3), ext
+    # PDB: the header's CRYST1, and one before each MODEL whose box differs (as VMD/mdtraj write)
+    lines = Path(tmp_path / 'pdb' / 'aa.pdb').read_text().splitlines()
+    cryst = [float(ln[6:15]) for ln in lines if ln.startswith('CRYST1')]
+    assert cryst == [50.0, 50.5, 49.5]
+    assert lines[lines.index(next(ln for ln in lines if ln.startswith('MODEL        2'))) - 1].startswith('CRYST1')
