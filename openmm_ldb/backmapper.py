@@ -15,7 +15,14 @@ import torch
 
 from . import residues as rc
 from .export import load_model
-from .topology import AllAtomLayout, CGMapping, build_aa_topology, read_cg_topology
+from .topology import (
+    OPTION_NAMES,
+    AllAtomLayout,
+    CGMapping,
+    _as_openmm_topology,
+    build_aa_topology,
+    read_cg_topology,
+)
 
 NM_TO_ANGSTROM = 10.0
 DETERMINISTIC_STEPS = 4
@@ -30,25 +37,76 @@ def to_angstrom(positions) -> np.ndarray:
     return np.asarray(positions, dtype=np.float64) * NM_TO_ANGSTROM
 
 
-def make_whole(ca: np.ndarray, chain_index: np.ndarray, box: np.ndarray | None) -> np.ndarray:
-    """Unwrap each chain across periodic boundaries (bead i placed nearest image of i-1).
+def _min_image(d: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Nearest periodic image of difference vectors ``d`` [F, M, 3] in boxes [F, 3, 3] (OpenMM's
+    reduced form, triclinic allowed: reduce along c, then b, then a)."""
+    d = d.copy()
+    for k in (2, 1, 0):
+        v = box[:, None, k, :]  # [F, 1, 3]
+        d -= v * np.round(d[..., k:k + 1] / v[..., k:k + 1])
+    return d
 
-    ``ca`` [F, N, 3] Å; ``box`` [F, 3, 3] box vectors in Å (rows a, b, c; OpenMM's reduced
-    form: triclinic allowed) or None.
+
+def make_whole(ca: np.ndarray, chain_index: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """Unwrap runs of equal ``chain_index`` across periodic boundaries (bead i placed at the
+    nearest image of bead i-1; the first bead of each run stays where it is).
+
+    ``ca`` [F, N, 3] Å; ``box`` [F, 3, 3] (or [3, 3]) box vectors in Å (rows a, b, c; OpenMM's
+    reduced form: triclinic allowed) or None.
     """
-    if box is None:
+    if box is None or ca.shape[1] < 2:
         return ca
-    out = ca.copy()
+    box = np.broadcast_to(np.asarray(box, dtype=np.float64), (ca.shape[0], 3, 3))
+    chain_index = np.asarray(chain_index)
     same = chain_index[1:] == chain_index[:-1]
-    for f in range(ca.shape[0]):
-        a, b, c = box[f]
-        for i in np.flatnonzero(same) + 1:
-            d = out[f, i] - out[f, i - 1]
-            d -= c * np.round(d[2] / c[2])
-            d -= b * np.round(d[1] / b[1])
-            d -= a * np.round(d[0] / a[0])
-            out[f, i] = out[f, i - 1] + d
-    return out
+    step = _min_image(ca[:, 1:] - ca[:, :-1], box) * same[None, :, None]
+    total = np.concatenate([np.zeros_like(ca[:, :1]), np.cumsum(step, axis=1)], axis=1)
+    start = np.maximum.accumulate(np.where(np.concatenate([[True], ~same]), np.arange(ca.shape[1]), 0))
+    return ca[:, start] + total - total[:, start]
+
+
+def image_molecules(ca: np.ndarray, molecule: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Shift every (whole) molecule by whole box vectors so that its centre lies in the box, as
+    OpenMM does for ``getState(enforcePeriodicBox=True)`` (and so ``DCDReporter``): the frames
+    then overlay the CG trajectory OpenMM writes.  ``ca`` [F, N, 3], ``box`` [F, 3, 3], Å."""
+    box = np.broadcast_to(np.asarray(box, dtype=np.float64), (ca.shape[0], 3, 3))
+    order = np.argsort(molecule, kind="stable")
+    first = np.flatnonzero(np.concatenate([[True], np.diff(molecule[order]) != 0]))
+    counts = np.diff(np.concatenate([first, [len(order)]]))
+    center = np.add.reduceat(ca[:, order], first, axis=1) / counts[None, :, None]  # [F, M, 3]
+    diff = np.zeros_like(center)
+    for k in (2, 1, 0):
+        v = box[:, None, k, :]
+        diff += v * np.floor((center[..., k:k + 1] - diff[..., k:k + 1]) / v[..., k:k + 1])
+    mol_of = np.empty(len(molecule), dtype=np.int64)
+    mol_of[order] = np.repeat(np.arange(len(first)), counts)
+    return ca - diff[:, mol_of]
+
+
+def whole_molecules(ca: np.ndarray, mapping: CGMapping, box: np.ndarray) -> np.ndarray:
+    """Molecules of ``mapping`` whole (segments unwrapped, segments joined by cross-links placed
+    next to each other) and imaged into the box by their centres.  Å, [F, N, 3]."""
+    pairs = mapping.bonded | mapping.by_distance if mapping.bonded is not None else \
+        mapping.chain_index[1:] == mapping.chain_index[:-1]
+    run = np.cumsum(np.concatenate([[True], ~pairs]))
+    ca = make_whole(ca, run, box)
+    if mapping.links:
+        box = np.broadcast_to(np.asarray(box, dtype=np.float64), (ca.shape[0], 3, 3))
+        group = {int(r): {int(r)} for r in np.unique(run)}
+        owner = {int(r): int(r) for r in np.unique(run)}
+        for k, m in mapping.links:
+            gk, gm = owner[int(run[k])], owner[int(run[m])]
+            if gk == gm:
+                continue
+            d = _min_image((ca[:, m] - ca[:, k])[:, None], box)[:, 0]
+            shift = ca[:, k] + d - ca[:, m]  # [F, 3]
+            moved = np.isin(run, list(group[gm]))
+            ca[:, moved] += shift[:, None]
+            group[gk] |= group.pop(gm)
+            for r in group[gk]:
+                owner[r] = gk
+    molecule = mapping.molecule if mapping.molecule is not None else run
+    return image_molecules(ca, molecule, box)
 
 
 @dataclass
@@ -106,25 +164,65 @@ class Backmapper:
     # ------------------------------------------------------------------ planning
     def plan(self, cg_topology, reference_positions, bead_name: str = "CA", residues=None,
              skip_unknown: bool = False, hydrogens: bool = True, disulfides: bool | list = True,
-             box_vectors=None) -> BackmapPlan:
+             box_vectors=None, *, system=None, chain_break=None, entry_point: str = "python") -> BackmapPlan:
         """Fix the residue mapping, chain segments and disulfides of a CG topology.
 
-        Chain breaks (Cα–Cα > 4.5 Å) and disulfides (CYS pairs with Cα–Cα ≤ 6.8 Å) are read
-        off ``reference_positions``; they stay fixed for every frame backmapped with the plan.
+        Parameters
+        ----------
+        cg_topology : openmm.app.Topology or mdtraj.Topology
+        reference_positions : Quantity or array (nm), (n_particles, 3)
+        bead_name, residues, skip_unknown : see :func:`openmm_ldb.topology.read_cg_topology`
+        hydrogens : bool
+        disulfides : True (CYS pairs with Cα–Cα ≤ 6.8 Å in the reference frame), False, or pairs
+        box_vectors : Quantity or array (nm), (3, 3), optional
+            The reference frame's periodic box (default: the System's default box when periodic).
+        system : openmm.System, optional
+            The CG System (``simulation.system``): its bonds say which residues are bonded and
+            which particles form a molecule.  Without it the Topology's bonds are used, and only
+            where neither gives bonds the distance rule (Cα–Cα > ``chain_break``).
+        chain_break : length (Quantity or nm), optional
+            Threshold of the distance rule (default 0.45 nm).
+        entry_point : str
+            'python', 'reporter' or 'cli': how error messages spell the options.
+
+        Connectivity, molecules and disulfides stay fixed for every frame backmapped with the
+        plan; where the distance rule decides, every later frame is checked and a warning says
+        when the breaks change.  The all-atom topology keeps the CG chain ids and residue numbers
+        (one OpenMM chain per segment) and the box.
         """
-        mapping = read_cg_topology(cg_topology, bead_name, residues, skip_unknown)
-        ca = self._ca_frames(mapping, reference_positions, box_vectors)[0]
+        import warnings
+
+        from .topology import check_positions
+
+        mapping = read_cg_topology(cg_topology, bead_name, residues, skip_unknown, system=system,
+                                   chain_break=chain_break, entry_point=entry_point)
+        box_given = box_vectors is not None or mapping.box is not None
+        ca_raw = self._ca_frames(mapping, reference_positions, None, check=False)[0]
+        if box_given:
+            ca = self._ca_frames(mapping, reference_positions, box_vectors, check=False)[0]
+        else:
+            ca = ca_raw
+        for note in check_positions(mapping, ca, box_given):
+            warnings.warn(note, stacklevel=2)
         segment = mapping.segments(ca)
+        mapping.reference_breaks = mapping.distance_breaks(ca)
         if disulfides is True:
             pairs = find_disulfides(ca, mapping.restype)
         elif disulfides:
             pairs = [tuple(sorted(p)) for p in disulfides]
         else:
             pairs = []
-        layout = build_aa_topology(mapping, segment, hydrogens=hydrogens, disulfides=pairs)
+        box = None
+        if box_vectors is not None:
+            box = to_angstrom(box_vectors).reshape(-1, 3, 3)[0]
+        layout = build_aa_topology(mapping, segment, hydrogens=hydrogens, disulfides=pairs, box=box)
         return BackmapPlan(mapping, segment, pairs, layout, hydrogens)
 
-    def _ca_frames(self, mapping: CGMapping, positions, box_vectors=None) -> np.ndarray:
+    def _ca_frames(self, mapping: CGMapping, positions, box_vectors=None, check: bool = True) -> np.ndarray:
+        """Cα [F, N, 3] in Å of CG ``positions``; with a box (``box_vectors``, else the System's
+        default box) molecules are made whole and imaged like OpenMM's ``enforcePeriodicBox``."""
+        import warnings
+
         xyz = to_angstrom(positions)
         if xyz.ndim == 2:
             xyz = xyz[None]
@@ -139,11 +237,28 @@ class Backmapper:
             f, i = np.argwhere(bad.any(-1))[0]
             raise ValueError(f"NaN or infinite coordinates in frame {f}, residue {mapping.residue_names[i]} "
                              f"{mapping.residue_ids[i]} (particle {mapping.bead_index[i]})")
+        box = None
         if box_vectors is not None:
             box = to_angstrom(box_vectors)
+        elif check and mapping.box is not None:
+            box = mapping.box
+        if box is not None:
             if box.ndim == 2:
                 box = np.broadcast_to(box, (ca.shape[0], 3, 3))
-            ca = make_whole(ca, mapping.chain_index, box)
+            ca = whole_molecules(ca, mapping, box)
+        ref = getattr(mapping, "reference_breaks", None)
+        if check and ref is not None and mapping.by_distance is not None and mapping.by_distance.any() \
+                and not getattr(mapping, "_breaks_warned", False):
+            changed = (mapping.distance_breaks(ca) != ref).any(-1)
+            if changed.any():
+                f = int(np.flatnonzero(changed)[0])
+                k = int(np.flatnonzero(mapping.distance_breaks(ca[f]) != ref)[0])
+                opt = OPTION_NAMES.get(mapping.entry_point, OPTION_NAMES["python"])
+                mapping._breaks_warned = True
+                warnings.warn(
+                    f"chain breaks from Cα distances changed (frame {f} of this batch, between {mapping.describe(k)} "
+                    f"and {mapping.describe(k + 1)}); the all-atom topology keeps those of the plan's frame. Pass "
+                    f"{opt['system']} (bonds) or {opt['chain_break']} to fix the chains", stacklevel=3)
         return ca
 
     # ------------------------------------------------------------------ sampling
@@ -177,7 +292,8 @@ class Backmapper:
         return result
 
     def backmap(self, cg_topology, positions, n_samples: int = 1, seed: int | None = None, hydrogens: bool = True,
-                bead_name: str = "CA", residues=None, deterministic: bool | None = None, box_vectors=None):
+                bead_name: str = "CA", residues=None, deterministic: bool | None = None, box_vectors=None, *,
+                skip_unknown: bool = False, system=None, chain_break=None, disulfides: bool | list = True):
         """Backmap one CG frame or a batch of frames.
 
         Parameters
@@ -189,24 +305,62 @@ class Backmapper:
         seed : int, optional
             Seed of the sampler; with ``n_samples=1`` and no seed the deterministic mode
             gives one best structure.
+        box_vectors : Quantity or array (nm), (3, 3) or (frames, 3, 3), optional
+        skip_unknown, system, chain_break, disulfides, residues, bead_name, hydrogens :
+            as in :meth:`plan`.
 
         Returns
         -------
         topology : openmm.app.Topology
         positions : Quantity (nm): (n_atoms, 3) for one frame and one sample, else
             (frames, samples, n_atoms, 3)
+
+        Plans are cached by the topology's content (not its ``id``) and the options; the cache
+        keeps the 8 most recent.
         """
+        from collections import OrderedDict
+
         xyz = to_angstrom(positions)
-        key = (id(cg_topology), bead_name, None if residues is None else tuple(residues), hydrogens)
-        plan = self._plans.get(key)
+        box0 = None if box_vectors is None else to_angstrom(box_vectors).reshape(-1, 3, 3)[0] / NM_TO_ANGSTROM
+        key = (_topology_key(cg_topology), _system_key(system), bead_name,
+               None if residues is None else tuple(int(r) for r in residues), hydrogens, bool(skip_unknown),
+               None if chain_break is None else str(chain_break), str(disulfides), box0 is None)
+        cache = self.__dict__.setdefault("_plan_cache", OrderedDict())
+        plan = cache.get(key)
         if plan is None or plan.mapping.n_particles != xyz.shape[-2]:
             plan = self.plan(cg_topology, xyz[0] / NM_TO_ANGSTROM if xyz.ndim == 3 else xyz / NM_TO_ANGSTROM,
-                             bead_name, residues, hydrogens=hydrogens, box_vectors=box_vectors)
-            self._plans[key] = plan
+                             bead_name, residues, skip_unknown=skip_unknown, hydrogens=hydrogens,
+                             disulfides=disulfides, box_vectors=box0, system=system, chain_break=chain_break)
+            cache[key] = plan
+            while len(cache) > 8:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
         out = self.sample(plan, xyz / NM_TO_ANGSTROM, n_samples, seed, deterministic, box_vectors) / NM_TO_ANGSTROM
         if xyz.ndim == 2 and n_samples == 1:
             out = out[0, 0]
         return plan.topology, unit.Quantity(out, unit.nanometer)
+
+
+def _topology_key(topology) -> tuple:
+    """What a plan depends on in a CG topology (its content, not its ``id``, which Python reuses)."""
+    top = _as_openmm_topology(topology)
+    residues = tuple((r.chain.index, r.chain.id, r.name, r.id, tuple(a.name for a in r.atoms()))
+                     for r in top.residues())
+    bonds = tuple((a.index, b.index) for a, b in top.bonds())
+    return residues, hash(bonds)
+
+
+def _system_key(system) -> tuple | None:
+    """A fingerprint of a CG System's bonds (``None`` without one)."""
+    if system is None:
+        return None
+    from .topology import system_bonds
+
+    n = system.getNumParticles()
+    _, every = system_bonds(system, np.zeros(n, dtype=np.int64))
+    box = tuple(tuple(float(x) for x in v) for v in system.getDefaultPeriodicBoxVectors()._value) \
+        if system.usesPeriodicBoundaryConditions() else None
+    return n, hash(tuple(every)), system.getNumConstraints(), box
 
 
 def stream_seed(seed: int | None, n_samples: int, frame_index: int) -> int | None:
