@@ -23,6 +23,7 @@ which amber14 parameterizes as it is.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,7 +155,7 @@ def _two_particle_terms(force):
             pairs.append((int(params[0]), int(params[1])))
         else:  # CustomCompoundBondForce: (particles, parameters)
             particles = list(params[0])
-            pairs.extend((int(a), int(b)) for a, b in zip(particles[:-1], particles[1:]))
+            pairs.extend((int(a), int(b)) for a, b in itertools.pairwise(particles))
     return pairs
 
 
@@ -308,7 +309,7 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
                                   f"{top.getNumAtoms()}: pass the System of this topology")
         backbone, every = system_bonds(system, residue_of_atom)
         if backbone:
-            bonded |= np.array([(int(a), int(b)) in backbone for a, b in zip(res_index[:-1], res_index[1:])]) \
+            bonded |= np.array([(int(a), int(b)) in backbone for a, b in itertools.pairwise(res_index)]) \
                 & consecutive
             sources.append("system")
         if system.usesPeriodicBoundaryConditions():
@@ -317,7 +318,7 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
     if not sources:
         backbone = {(min(r, s), max(r, s)) for r, s in top_pairs if abs(r - s) == 1}
         if backbone:
-            bonded |= np.array([(int(a), int(b)) in backbone for a, b in zip(res_index[:-1], res_index[1:])]) \
+            bonded |= np.array([(int(a), int(b)) in backbone for a, b in itertools.pairwise(res_index)]) \
                 & consecutive
             sources.append("topology")
     # chains no bond touches fall back to the distance rule
@@ -327,7 +328,7 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
     if by_distance.any():
         # a residue number that does not increase starts a new molecule (copies in one chain id)
         num = [_residue_number(r) for r in mapping.residue_ids]
-        restart = np.array([a is not None and b is not None and b <= a for a, b in zip(num[:-1], num[1:])])
+        restart = np.array([a is not None and b is not None and b <= a for a, b in itertools.pairwise(num)])
         by_distance &= ~restart & consecutive
         sources.append("distance")
     mapping.bonded = bonded
