@@ -304,6 +304,7 @@ class GeometryTables(torch.nn.Module):
         self.angle_ca_c_oxt = math.radians(117.5)
         self.num_slots = int(rc.NUM_SLOTS)
         self.pro_index = int(rc.RESTYPE_INDEX["PRO"])
+        self.pro_cd_slot = rc.slot_names("PRO").index("CD")
         self.h_slot = int(rc.H_SLOT)
         self.h2_slot = int(rc.H2_SLOT)
         self.h3_slot = int(rc.H3_SLOT)
@@ -391,6 +392,16 @@ class GeometryTables(torch.nn.Module):
         slots[self.h3_slot] = h_nterm[2]
         atoms = torch.stack(slots, dim=2)  # [B, N, S, 3]
         atoms = self.place_sidechains(atoms, restype, angles, -1)
+        # an N-terminal proline's NH2+ takes the two of the three NH3+ positions away from its CD
+        cd = atoms[:, :, self.pro_cd_slot]
+        d = torch.stack([((h - cd) ** 2).sum(-1) for h in h_nterm], -1)       # [B, N, 3]
+        drop = d.argmin(-1, keepdim=True)                                     # the one CD occupies
+        cand = torch.stack(h_nterm, 2)                                        # [B, N, 3, 3]
+        order = torch.tensor([[1, 2], [0, 2], [0, 1]], device=ca.device)[drop.squeeze(-1)]  # [B, N, 2]
+        keep = torch.gather(cand, 2, order.unsqueeze(-1).expand(bsz, n, 2, 3))
+        pro_start = ((restype == self.pro_index) & ~has_prev).view(1, n, 1)
+        atoms[:, :, self.h2_slot] = torch.where(pro_start, keep[:, :, 0], atoms[:, :, self.h2_slot])
+        atoms[:, :, self.h3_slot] = torch.where(pro_start, keep[:, :, 1], atoms[:, :, self.h3_slot])
         mask = self.residue_atom_mask(restype, has_prev, has_next)
         return atoms * mask.unsqueeze(0).unsqueeze(-1), mask
 

@@ -577,3 +577,40 @@ def summarize(rows: list[dict], keys=SUMMARY_KEYS) -> dict:
                                                 if r.get("n_disulfides_ref")) / n_ss)
     out["n_disulfides_ref"] = int(n_ss)
     return out
+
+
+def threaded_rings(topology, xyz_nm) -> list[tuple[str, str]]:
+    """Bonds that pass through a ring of another residue (aromatic, histidine or proline ring).
+
+    A bond threads a ring when it crosses the ring's mean plane at a point closer to the ring's
+    centre than 0.8 times the ring's mean radius.  ``topology`` is an ``openmm.app.Topology``
+    with bonds, ``xyz_nm`` its positions (nm).  Returns (ring residue, bond residue) labels.
+    """
+    xyz = np.asarray(xyz_nm, dtype=np.float64) * 10.0
+    atoms = list(topology.atoms())
+    bonds = np.array([[a.index, b.index] for a, b in topology.bonds()], dtype=np.int64).reshape(-1, 2)
+    res_of = np.array([a.residue.index for a in atoms])
+    mid = xyz[bonds].mean(1)
+    found = []
+    for residue in topology.residues():
+        names = {a.name: a.index for a in residue.atoms()}
+        for ring in rc.RINGS.get(rc.canonical_residue_name(residue.name), []):
+            if not all(n in names for n in ring):
+                continue
+            pts = xyz[[names[n] for n in ring]]
+            centre = pts.mean(0)
+            u, s, vt = np.linalg.svd(pts - centre)
+            normal = vt[2]
+            radius = np.linalg.norm(pts - centre, axis=1).mean()
+            near = np.flatnonzero((np.linalg.norm(mid - centre, axis=1) < 3.0) &
+                                  (res_of[bonds[:, 0]] != residue.index) & (res_of[bonds[:, 1]] != residue.index))
+            for k in near:
+                p, q = xyz[bonds[k, 0]], xyz[bonds[k, 1]]
+                sp, sq = (p - centre) @ normal, (q - centre) @ normal
+                if sp * sq > 0 or sp == sq:
+                    continue
+                cross = p + (q - p) * (sp / (sp - sq))
+                if np.linalg.norm(cross - centre) < 0.8 * radius:
+                    other = atoms[bonds[k, 0]].residue
+                    found.append((f"{residue.name}{residue.id}", f"{other.name}{other.id}"))
+    return found

@@ -136,6 +136,14 @@ CHI_ANGLES_ATOMS = {
     "TYR": [["N", "CA", "CB", "CG"], ["CA", "CB", "CG", "CD1"]],
 }
 MAX_CHI = 4
+# Rings of each residue type (a bond through one of them is a threaded ring).
+RINGS = {
+    "PHE": [["CG", "CD1", "CE1", "CZ", "CE2", "CD2"]],
+    "TYR": [["CG", "CD1", "CE1", "CZ", "CE2", "CD2"]],
+    "TRP": [["CG", "CD1", "NE1", "CE2", "CD2"], ["CD2", "CE2", "CZ2", "CH2", "CZ3", "CE3"]],
+    "HIS": [["CG", "ND1", "CE1", "NE2", "CD2"]],
+    "PRO": [["N", "CA", "CB", "CG", "CD"]],
+}
 # Chi angles whose last atom has a 180-degree-symmetric partner (the chi is pi-periodic).
 CHI_PI_PERIODIC = {"ASP": [1], "GLU": [2], "PHE": [1], "TYR": [1]}
 # Atom pairs that are chemically equivalent by naming convention (swap when scoring).

@@ -58,13 +58,25 @@ def _demo_ca_nm() -> tuple[np.ndarray, np.ndarray]:
     return traj.xyz[0, ca].astype(np.float64), restype
 
 
+def _with_disulfide(ca: np.ndarray, restype: np.ndarray) -> tuple[np.ndarray, list]:
+    """GB1 with two residues 4.5-6.5 Å apart (Cα–Cα, not neighbours) made CYS and bonded."""
+    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1) * 10.0
+    i, j = next((i, j) for i in range(len(ca)) for j in range(i + 3, len(ca)) if 4.5 < d[i, j] < 6.5)
+    rt = restype.copy()
+    rt[[i, j]] = rc.RESTYPE_INDEX["CYS"]
+    return rt, [(int(i), int(j))]
+
+
 def reference_cases() -> list[dict]:
     ca, restype = _demo_ca_nm()
     n = len(restype)
     two_segments = np.array([0] * 30 + [1] * (n - 30), dtype=np.int64)
+    cys_restype, pairs = _with_disulfide(ca, restype)
     return [
         {"name": "deterministic", "ca": ca, "restype": restype, "segment": two_segments, "samples": 1, "seed": 0,
          "deterministic": True, "steps": 10},
+        {"name": "disulfide", "ca": ca, "restype": cys_restype, "segment": np.zeros(n, dtype=np.int64),
+         "samples": 1, "seed": 0, "deterministic": True, "steps": 10, "disulfides": pairs},
         {"name": "stochastic", "ca": ca, "restype": restype, "segment": two_segments, "samples": 3, "seed": 12345,
          "deterministic": False, "steps": 10},
         # shorter than the k=16 neighbours of the graph: padded edges
@@ -78,19 +90,22 @@ def write_reference(model_path: Path, out: Path) -> list[dict]:
     cpp/tests/test_agreement.cpp."""
     module = torch.jit.load(str(model_path))
     cases = reference_cases()
-    lines = ["openmm_ldb_agreement 1", f"cases {len(cases)}"]
+    lines = ["openmm_ldb_agreement 2", f"cases {len(cases)}"]
     for c in cases:
         # float64 nm -> float32 Å exactly as both backmappers convert
         ca = torch.as_tensor(c["ca"] * 10.0, dtype=torch.float32)[None]
+        pairs = torch.as_tensor(np.asarray(c.get("disulfides", []), dtype=np.int64).reshape(-1, 2))
         with torch.no_grad():
-            atoms, mask = module(ca, torch.as_tensor(c["restype"]), torch.as_tensor(c["segment"]), c["steps"],
-                                 c["samples"], c["seed"], c["deterministic"])
+            atoms, mask, _ = module(ca, torch.as_tensor(c["restype"]), torch.as_tensor(c["segment"]), pairs,
+                                    torch.tensor([c["seed"]]), c["steps"], c["samples"], c["deterministic"], False)
         c["atoms"], c["mask"] = atoms[0].numpy(), mask.numpy()
         n, slots = mask.shape
         lines.append(f"case {c['name']} n {n} samples {c['samples']} seed {c['seed']} "
                      f"deterministic {int(c['deterministic'])} steps {c['steps']} slots {slots}")
         lines.append("restype " + " ".join(str(int(r)) for r in c["restype"]))
         lines.append("segment " + " ".join(str(int(s)) for s in c["segment"]))
+        lines.append(f"disulfides {len(c.get('disulfides', []))} " +
+                     " ".join(f"{a} {b}" for a, b in c.get("disulfides", [])))
         lines.append("ca_nm " + " ".join(repr(float(x)) for x in c["ca"].reshape(-1)))
         lines.append("mask " + " ".join(f"{float(x):.9g}" for x in c["mask"].reshape(-1)))
         lines.append("atoms " + " ".join(f"{float(x):.9g}" for x in c["atoms"].reshape(-1)))

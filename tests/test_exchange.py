@@ -194,3 +194,27 @@ def test_example_quick(tiny_model, tmp_path):
     cg_traj = mdtraj.load(str(tmp_path / "cg.dcd"), top=str(tmp_path / "cg.pdb"))
     assert aa.n_frames == 4 and aa.n_residues == cg_traj.n_atoms == 56  # 2 segments x 20 steps / 10
     assert cg_traj.n_frames == 6  # 3 CG segments x 200 steps / 100
+
+
+@pytest.mark.slow
+def test_to_all_atom_of_a_real_protein_is_fast_and_clean():
+    """A ~130-residue protein (lysozyme-size) switched to all-atom with the defaults and the
+    shipped model: no broken bond, no threaded ring, energy relaxed.  (The time is measured by
+    benchmarks/exchange_time.py, not here.)"""
+    from openmm_ldb import metrics
+    from openmm_ldb.backmapper import Backmapper
+
+    data = os.environ.get("OPENMM_LDB_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    path = os.path.join(data, "structures", "kortemme_ddg", "1EL1.pdb.gz")
+    if not os.path.exists(path):
+        path = str(cg.demo_structure_path())
+    go = cg.GoModel.from_structure(path, chains=[0])
+    sim = cg.make_simulation(go.topology, go.create_system(), go.native_positions, seed=1, **CPU)
+    sim.step(2000)
+    aa = exchange.to_all_atom(sim, backmapper=Backmapper(threads=1), **CPU)
+    xyz_nm = _positions(aa) / 10.0
+    bonds = np.array([[a.index, b.index] for a, b in aa.topology.bonds()])
+    lengths = np.linalg.norm(xyz_nm[bonds[:, 0]] - xyz_nm[bonds[:, 1]], axis=1)
+    assert lengths.max() < 0.22, lengths.max()              # S–S is the longest bond (0.204 nm)
+    assert metrics.threaded_rings(aa.topology, xyz_nm) == []
+    assert _energy(aa) < 0

@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
             if (step > 0) integrator.step(interval);
             OpenMM::State state = context.getState(OpenMM::State::Positions | OpenMM::State::Energy);
             // one best structure per frame, or an ensemble with a per-frame seed
-            const auto result = backmapper.backmap(state, beads, restype, segment, samples, step, samples == 1);
+            const auto result = backmapper.backmap(state, beads, restype, segment, {}, samples, step, samples == 1);
             openmm_ldb::write_pdb_models(out, result, model);
             std::cout << "step " << step << "  E_pot " << state.getPotentialEnergy() << " kJ/mol  "
                       << result.atoms.size() << " atoms\n";

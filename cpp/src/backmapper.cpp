@@ -236,8 +236,8 @@ int Backmapper::restype_index(const std::string& res_name) const {
 }
 
 BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const std::vector<int>& restype,
-                                  const std::vector<int>& segment, int samples, int64_t seed, bool deterministic,
-                                  int steps) const {
+                                  const std::vector<int>& segment, const std::vector<Disulfide>& disulfides,
+                                  int samples, int64_t seed, bool deterministic, int steps, bool keep_ca) const {
     const int64_t n = static_cast<int64_t>(ca_nm.size());
     if (n == 0) throw std::invalid_argument("backmap: empty CA trace");
     if (static_cast<int64_t>(restype.size()) != n || static_cast<int64_t>(segment.size()) != n)
@@ -258,16 +258,26 @@ BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const 
         rt.data_ptr<int64_t>()[i] = restype[i];
         sg.data_ptr<int64_t>()[i] = segment[i];
     }
+    const int64_t n_pairs = static_cast<int64_t>(disulfides.size());
+    torch::Tensor pairs = torch::empty({n_pairs, 2}, torch::kInt64);
+    for (int64_t p = 0; p < n_pairs; ++p) {
+        const int a = disulfides[p].first, b = disulfides[p].second;
+        if (a < 0 || a >= n || b < 0 || b >= n) throw std::invalid_argument("backmap: disulfide index out of range");
+        pairs.data_ptr<int64_t>()[2 * p] = a;
+        pairs.data_ptr<int64_t>()[2 * p + 1] = b;
+    }
+    torch::Tensor seeds = torch::full({1}, seed, torch::kInt64);
 
-    torch::Tensor atoms, mask;
+    torch::Tensor atoms, mask, shift;
     {
         std::lock_guard<std::mutex> lock(impl_->mutex);
         c10::InferenceMode guard;
-        std::vector<torch::jit::IValue> inputs{ca, rt, sg, static_cast<int64_t>(steps), static_cast<int64_t>(samples),
-                                               seed, deterministic};
+        std::vector<torch::jit::IValue> inputs{ca, rt, sg, pairs, seeds, static_cast<int64_t>(steps),
+                                               static_cast<int64_t>(samples), deterministic, keep_ca};
         auto out = impl_->module.forward(inputs).toTuple();
         atoms = out->elements()[0].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
         mask = out->elements()[1].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
+        shift = out->elements()[2].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
     }
     if (atoms.dim() != 5 || atoms.size(0) != 1 || atoms.size(1) != samples || atoms.size(2) != n || atoms.size(4) != 3)
         throw std::runtime_error("backmap: unexpected model output shape");
@@ -279,6 +289,7 @@ BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const 
     r.n_slots = n_slots;
     r.slot_positions_angstrom.assign(atoms.data_ptr<float>(), atoms.data_ptr<float>() + atoms.numel());
     r.mask.assign(mask.data_ptr<float>(), mask.data_ptr<float>() + mask.numel());
+    r.ca_shift.assign(shift.data_ptr<float>(), shift.data_ptr<float>() + shift.numel());
     for (int i = 0; i < n; ++i) {
         const auto& names = impl_->slots[restype[i]];
         const bool seg_start = i == 0 || segment[i - 1] != segment[i];
@@ -304,8 +315,9 @@ BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const 
 }
 
 BackmapResult Backmapper::backmap(const OpenMM::State& state, const std::vector<int>& bead_indices,
-                                  const std::vector<int>& restype, const std::vector<int>& segment, int samples,
-                                  int64_t seed, bool deterministic, int steps) const {
+                                  const std::vector<int>& restype, const std::vector<int>& segment,
+                                  const std::vector<Disulfide>& disulfides, int samples, int64_t seed,
+                                  bool deterministic, int steps, bool keep_ca) const {
     const std::vector<OpenMM::Vec3>& pos = state.getPositions();
     std::vector<OpenMM::Vec3> ca;
     ca.reserve(bead_indices.size());
@@ -314,7 +326,7 @@ BackmapResult Backmapper::backmap(const OpenMM::State& state, const std::vector<
             throw std::invalid_argument("backmap: bead index out of range of the State's positions");
         ca.push_back(pos[idx]);
     }
-    return backmap(ca, restype, segment, samples, seed, deterministic, steps);
+    return backmap(ca, restype, segment, disulfides, samples, seed, deterministic, steps, keep_ca);
 }
 
 // ------------------------------------------------------------------------------------ PDB

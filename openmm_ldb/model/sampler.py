@@ -285,7 +285,8 @@ class Sampler(nn.Module):
         cos_i = (bi * v).sum(-1) / (torch.sqrt((bi * bi).sum(-1)) * d)
         cos_j = -(bj * v).sum(-1) / (torch.sqrt((bj * bj).sum(-1)) * d)
         ideal = math.cos(self.angle_cb_sg_sg)
-        score = (d - self.bond_sg_sg) ** 2 + 0.5 * ((cos_i - ideal) ** 2 + (cos_j - ideal) ** 2)
+        # the bond first: angles only choose among closures of (nearly) equal length
+        score = 4.0 * (d - self.bond_sg_sg) ** 2 + 0.1 * ((cos_i - ideal) ** 2 + (cos_j - ideal) ** 2)
         gsz = g.shape[0]
         flat = score.reshape(score.shape[0], score.shape[1], gsz * gsz).argmin(-1)   # [B, P]
         chi_i = g[torch.div(flat, gsz, rounding_mode="floor")]

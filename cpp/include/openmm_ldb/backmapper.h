@@ -9,6 +9,7 @@
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "openmm/Vec3.h"
@@ -41,7 +42,13 @@ struct BackmapResult {
     // positions[s][a] is atom a of sample s.
     std::vector<Atom> atoms;
     std::vector<std::vector<OpenMM::Vec3>> positions;
+    // Largest Calpha move per sample (Angstrom): the exported function moves Calpha only where the
+    // trace cannot carry ideal peptide geometry (0 for native-like traces, always 0 with keep_ca).
+    std::vector<float> ca_shift;
 };
+
+// A disulfide bond between two CYS residues (0-based residue indices).
+using Disulfide = std::pair<int, int>;
 
 class Backmapper {
 public:
@@ -60,20 +67,25 @@ public:
     // The model card JSON text stored in the file.
     const std::string& model_card() const;
 
-    // Backmap one CA trace. ca_nm: N positions (nm); restype: N indices into residue_names();
-    // segment: N ids, consecutive residues with equal ids are bonded. samples: structures drawn;
-    // seed: sampler seed (same seed => same output as the Python model); deterministic: start
-    // the sampler from zero noise (one best structure); steps: denoising steps.
+    // Backmap one CA trace: the model's one exported function, so the atoms are the Python
+    // Backmapper's for the same inputs (disulfides closed, clashes resolved inside the model).
+    // ca_nm: N positions (nm); restype: N indices into residue_names(); segment: N ids,
+    // consecutive residues with equal ids are bonded; disulfides: bonded CYS pairs; samples:
+    // structures drawn; seed: this frame's seed (same seed => same output as Python);
+    // deterministic: the one-pass best guess (seed unused); steps: diffusion steps of samples;
+    // keep_ca: keep every Calpha exactly as given (bonds may stretch on infeasible traces).
     BackmapResult backmap(const std::vector<OpenMM::Vec3>& ca_nm, const std::vector<int>& restype,
-                          const std::vector<int>& segment, int samples = 1, int64_t seed = 0,
-                          bool deterministic = false, int steps = 10) const;
+                          const std::vector<int>& segment, const std::vector<Disulfide>& disulfides = {},
+                          int samples = 1, int64_t seed = 0, bool deterministic = true, int steps = 10,
+                          bool keep_ca = false) const;
 
     // Same, with the CA positions taken from an OpenMM State (getPositions required) at the given
     // particle indices (one per residue). Chains are not unwrapped across periodic boundaries:
     // use a non-periodic system or a State whose positions are not wrapped.
     BackmapResult backmap(const OpenMM::State& state, const std::vector<int>& bead_indices,
-                          const std::vector<int>& restype, const std::vector<int>& segment, int samples = 1,
-                          int64_t seed = 0, bool deterministic = false, int steps = 10) const;
+                          const std::vector<int>& restype, const std::vector<int>& segment,
+                          const std::vector<Disulfide>& disulfides = {}, int samples = 1, int64_t seed = 0,
+                          bool deterministic = true, int steps = 10, bool keep_ca = false) const;
 
 private:
     struct Impl;

@@ -1,0 +1,77 @@
+"""Do backmapped snapshots go into docking receptor preparation as they are?
+
+Backmaps real chains (validation split, or the GB1 demo after CG dynamics) with the defaults
+(best guess, hydrogens, no minimization), writes each as a PDB file and runs Meeko's
+``mk_prepare_receptor.py --read_pdb X -p`` (AutoDock Vina's receptor preparation) on it, without
+``--allow_bad_res``.  Also counts atom pairs of different residues (hydrogens included) within
+bonding distance (sum of covalent radii + 0.3 Å) that are not bonded, which Meeko rejects.
+
+    python benchmarks/meeko_check.py --meeko /path/to/mk_prepare_receptor.py --max-chains 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+from openmm.app import PDBFile
+
+from openmm_ldb import evaluate as ev, metrics
+from openmm_ldb.backmapper import Backmapper
+
+RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "S": 1.05}
+
+
+def bad_contacts(topology, xyz_nm) -> int:
+    """Pairs of atoms in different residues within r_i + r_j + 0.3 Å that the topology does not bond."""
+    atoms = list(topology.atoms())
+    xyz = np.asarray(xyz_nm) * 10.0
+    bonded = {(min(a.index, b.index), max(a.index, b.index)) for a, b in topology.bonds()}
+    rad = np.array([RADII.get(a.element.symbol if a.element else a.name[0], 0.76) for a in atoms])
+    i, j, d = metrics.close_pairs(xyz, 2.4)
+    res = np.array([a.residue.index for a in atoms])
+    n = 0
+    for x, y, dd in zip(i, j, d):
+        if res[x] != res[y] and dd < rad[x] + rad[y] + 0.3 and (min(x, y), max(x, y)) not in bonded:
+            n += 1
+    return n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--meeko", default="mk_prepare_receptor.py")
+    p.add_argument("--max-chains", type=int, default=10)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", default="benchmarks/results/meeko_check.json")
+    a = p.parse_args()
+    bm = Backmapper(a.model, threads=1)
+    rows = []
+    work = tempfile.mkdtemp()
+    for chain in ev.validation_chains(max_chains=a.max_chains):
+        top, ca = ev.cg_topology(chain), ev.ca_positions_nm(chain)
+        aa_top, pos = bm.backmap(top, ca)
+        path = os.path.join(work, chain.name.replace(":", "_").replace("/", "_") + ".pdb")
+        with open(path, "w") as f:
+            PDBFile.writeFile(aa_top, pos, f, keepIds=True)
+        proc = subprocess.run([a.meeko, "--read_pdb", path, "-o", path[:-4] + "_rec", "-p"],
+                              capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        rows.append({"chain": chain.name, "residues": len(chain.restype), "meeko_ok": proc.returncode == 0,
+                     "bad_contacts": bad_contacts(aa_top, pos.value_in_unit(pos.unit)),
+                     "meeko_tail": tail if proc.returncode else []})
+        print(rows[-1]["chain"], rows[-1]["meeko_ok"], rows[-1]["bad_contacts"], flush=True)
+    out = {"n": len(rows), "meeko_passed": sum(r["meeko_ok"] for r in rows),
+           "chains_with_bad_contacts": sum(r["bad_contacts"] > 0 for r in rows), "rows": rows}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"Meeko accepted {out['meeko_passed']} of {out['n']}; chains with inter-residue contacts "
+          f"within bonding distance: {out['chains_with_bad_contacts']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The exported function (``model/sampler.py``) with the shipped model: one function in Python and
+TorchScript, the same atoms whatever the batch, valid chemistry on soft CG traces, closed rings
+and disulfides, native Cα untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import openmm.unit as unit
+import pytest
+import torch
+
+from openmm_ldb import cg, geometry as geo, residues as rc
+from openmm_ldb.backmapper import Backmapper
+from openmm_ldb.export import default_model_path, load_model
+from openmm_ldb.topology import CGMapping
+
+SG = rc.slot_names("CYS").index("SG")
+PRO_CD = rc.slot_names("PRO").index("CD")
+
+
+@pytest.fixture(scope="module")
+def backmapper():
+    return Backmapper(threads=1)
+
+
+@pytest.fixture(scope="module")
+def go():
+    return cg.GoModel.from_structure(cg.demo_structure_path())
+
+
+def _inputs(go, pairs=()):
+    ca = torch.as_tensor(np.asarray(go.native_positions.value_in_unit(unit.nanometer)) * 10.0,
+                         dtype=torch.float32)[None]
+    restype = torch.as_tensor([rc.RESTYPE_INDEX[r.name] for r in go.topology.residues()])
+    segment = torch.zeros(len(restype), dtype=torch.long)
+    return ca, restype, segment, torch.as_tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
+
+
+def _cys_pair(ca, restype):
+    """Two residues whose CB sit as a disulfide's do (3.4-4.3 Å) become a bonded CYS pair."""
+    module, _ = load_model(default_model_path())
+    n = len(restype)
+    with torch.no_grad():
+        atoms, _, _ = module(ca, restype, torch.zeros(n, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long),
+                             torch.zeros(1, dtype=torch.long), 1, 1, True, False)
+    cb = atoms[0, 0, :, 4]
+    d = torch.cdist(cb, cb)
+    far = (torch.arange(n).view(-1, 1) - torch.arange(n).view(1, -1)).abs() >= 3
+    score = torch.where(far, (d - 3.8).abs(), torch.full_like(d, 99.0))
+    i, j = divmod(int(score.argmin()), n)
+    i, j = min(i, j), max(i, j)
+    rt = restype.clone()
+    rt[[i, j]] = rc.RESTYPE_INDEX["CYS"]
+    return rt, [(i, j)]
+
+
+def test_rigid_groups_place_the_zmatrix_atoms():
+    """Rigid-group placement (the hot path) gives the z-matrix walk's atoms for every residue type."""
+    tables = geo.GeometryTables()
+    gen = torch.Generator().manual_seed(3)
+    restype = torch.arange(rc.NUM_RESTYPES).repeat(5)
+    n = len(restype)
+    ca = torch.cumsum(torch.randn(1, n, 3, generator=gen), 1) * 2.2
+    angles = geo.normalize(torch.randn(1, n, geo.NUM_ANGLES, 2, generator=gen))
+    atoms, mask = tables.build_atoms(ca, restype, torch.zeros(n, dtype=torch.long), angles)
+    walk = tables.place_sidechains_zmatrix(atoms, restype, angles) * mask[None, :, :, None]
+    rigid = tables.place_sidechains(atoms, restype, angles, -1) * mask[None, :, :, None]
+    assert float((walk - rigid).norm(dim=-1).max()) < 1e-3
+
+
+def test_python_and_torchscript_are_one_function(go):
+    """The Backmapper's Python module and the TorchScript file (what C++ loads) give the same
+    atoms, disulfide included, best guess and samples."""
+    py, card = load_model(default_model_path())
+    ts, _ = load_model(default_model_path(), python=False)
+    ca, restype, segment, _ = _inputs(go)
+    restype, pairs = _cys_pair(ca, restype)
+    pairs = torch.as_tensor(pairs)
+    seeds = torch.tensor([11])
+    with torch.no_grad():
+        for deterministic, samples in ((True, 1), (False, 2)):
+            a, m, s = py(ca, restype, segment, pairs, seeds, 4, samples, deterministic, False)
+            b, m2, s2 = ts(ca, restype, segment, pairs, seeds, 4, samples, deterministic, False)
+            assert torch.equal(m, m2)
+            assert float((a - b).abs().max()) < 1e-3, (deterministic, float((a - b).abs().max()))
+    i, j = pairs[0]
+    assert float((a[0, :, i, SG] - a[0, :, j, SG]).norm(dim=-1).max()) < 2.2  # the S–S bond is closed
+
+
+def test_same_seed_same_atoms_at_any_batch(backmapper, go):
+    """Frame f with seed s gives the same atoms alone or in a batch of 8 (best guess and samples)."""
+    plan = backmapper.plan(go.topology, go.native_positions, hydrogens=False)
+    rng = np.random.default_rng(0)
+    native = np.asarray(go.native_positions.value_in_unit(unit.nanometer))
+    frames = native[None] + rng.normal(0, 0.02, (8,) + native.shape)
+    seeds = np.arange(8) * 17 + 3
+    for kw in ({"n_samples": 1, "deterministic": True}, {"n_samples": 2, "deterministic": False}):
+        batch = backmapper.sample(plan, frames, seeds=seeds, **kw)
+        for f in (0, 5):
+            one = backmapper.sample(plan, frames[f:f + 1], seeds=seeds[f:f + 1], **kw)
+            assert np.abs(batch[f] - one[0]).max() < 1e-3
+    other = backmapper.sample(plan, frames[:1], seeds=[4], n_samples=2, deterministic=False)
+    assert np.abs(other[0] - batch[0]).max() > 0.1  # another seed, another sample
+
+
+def _soft_frames(n_frames=6, bond_k=300.0):
+    """Cα frames (nm) from a Go model of GB1 with soft bonds, as soft-bond CG engines make them."""
+    soft = cg.GoModel.from_structure(cg.demo_structure_path(), bond_k=bond_k)
+    sim = cg.make_simulation(soft.topology, soft.create_system(), soft.native_positions, platform="Reference")
+    sim.context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    frames = []
+    for _ in range(n_frames):
+        sim.step(200)
+        frames.append(sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    return soft, np.array(frames)
+
+
+def _bond_validity(atoms, mask, restype, segment):
+    """Fraction of backbone and side-chain template bonds within 0.1 Å of ideal."""
+    from openmm_ldb import metrics
+
+    out = []
+    for f in range(atoms.shape[0]):
+        m = metrics.chain_metrics(atoms[f], atoms[f], mask.astype(bool), restype, segment,
+                                  pred_present=mask.astype(bool))
+        out.append(m["bond_validity"])
+    return float(np.mean(out))
+
+
+def test_soft_cg_trace_gives_valid_chemistry(backmapper):
+    soft, frames = _soft_frames()
+    plan = backmapper.plan(soft.topology, frames[0], hydrogens=False)
+    ca = frames[:, plan.mapping.bead_index] * 10.0
+    d = np.linalg.norm(ca[:, 1:] - ca[:, :-1], axis=-1)
+    assert d.std() > 0.15, "the test trace should be soft (CG-like Cα–Cα spread)"
+    info = {}
+    out = backmapper.sample(plan, frames, 1, deterministic=True, info=info)
+    assert info["ca_shift"].shape == (len(frames), 1) and info["ca_shift"].max() > 0.01
+    assert info["ca_shift"].max() < 1.0
+    restype = plan.mapping.restype
+    ca_t = torch.as_tensor(ca, dtype=torch.float32)
+    module = backmapper.module
+    with torch.no_grad():
+        atoms, mask, _ = module(ca_t, torch.as_tensor(restype), torch.as_tensor(plan.segment),
+                                torch.zeros(0, 2, dtype=torch.long), torch.zeros(len(frames), dtype=torch.long),
+                                1, 1, True, False)
+    atoms, mask = atoms[:, 0, :, :15].numpy(), mask[:, :15].numpy()
+    assert _bond_validity(atoms, mask, restype, plan.segment) >= 0.999
+    pro = np.flatnonzero(restype == rc.RESTYPE_INDEX["PRO"])
+    if len(pro):
+        ring = np.linalg.norm(atoms[:, pro, PRO_CD] - atoms[:, pro, 0], axis=-1)
+        assert ring.max() < 1.6
+    # keep_ca: Cα exactly as given
+    kept = {}
+    backmapper.sample(plan, frames[:2], 1, deterministic=True, keep_ca=True, info=kept)
+    assert kept["ca_shift"].max() == 0.0
+
+
+def test_native_trace_is_not_moved(backmapper, go):
+    plan = backmapper.plan(go.topology, go.native_positions, hydrogens=False)
+    info = {}
+    out = backmapper.sample(plan, go.native_positions, 1, deterministic=True, info=info)
+    assert info["ca_shift"].max() <= 1e-3
+    ca_atoms = [a.index for a in plan.topology.atoms() if a.name == "CA"]
+    native = np.asarray(go.native_positions.value_in_unit(unit.nanometer)) * 10.0
+    assert np.abs(out[0, 0, ca_atoms] - native[plan.mapping.bead_index]).max() < 1e-3
+
+
+def test_prolines_closed_and_mapping_kept():
+    """Every PRO ring closes on a noisy real trace (the GB1 demo has none: use a random PRO-rich chain)."""
+    module, _ = load_model(default_model_path())
+    gen = torch.Generator().manual_seed(1)
+    tables = geo.GeometryTables()
+    restype = torch.tensor([rc.RESTYPE_INDEX[r] for r in ["ALA", "PRO", "GLY", "PRO", "PRO", "SER", "PRO", "LEU"] * 4])
+    n = len(restype)
+    # a helix-like trace with CG noise
+    t = torch.arange(n, dtype=torch.float32)
+    ca = torch.stack([2.3 * torch.cos(t * 1.745), 2.3 * torch.sin(t * 1.745), 1.5 * t], -1)[None]
+    ca = ca + 0.3 * torch.randn(ca.shape, generator=gen)
+    with torch.no_grad():
+        atoms, mask, _ = module(ca, restype, torch.zeros(n, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long),
+                                torch.zeros(1, dtype=torch.long), 1, 1, True, False)
+    pro = restype == rc.RESTYPE_INDEX["PRO"]
+    ring = (atoms[0, 0, pro, PRO_CD] - atoms[0, 0, pro, 0]).norm(dim=-1)
+    assert float(ring.max()) < 1.6, ring
+    assert isinstance(CGMapping, type) and tables.num_groups == rc.MAX_CHI + 2
