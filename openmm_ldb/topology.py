@@ -407,9 +407,8 @@ def check_positions(mapping: CGMapping, ca: np.ndarray, box_given: bool) -> list
             f"positions look like Å, not nm: consecutive beads are a median {med:.0f} Å apart when read as nm "
             "(Cα–Cα is 3.8 Å); pass positions in nm (an OpenMM Quantity carries its unit)")
     if med < 1.5:
-        raise CGTopologyError(
-            f"positions look too small: consecutive beads are a median {med:.2f} Å apart (Cα–Cα is 3.8 Å); "
-            "pass positions in nm (an OpenMM Quantity carries its unit)")
+        notes.append(f"positions look too small: consecutive beads are a median {med:.2f} Å apart (Cα–Cα is "
+                     "3.8 Å); positions are read in nm (an OpenMM Quantity carries its unit)")
     if bonded.any():
         far = np.flatnonzero(bonded & (d > 10.0))
         if far.size:
