@@ -374,15 +374,19 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
         extra = [(residue_of_atom[a], residue_of_atom[b]) for a, b in every]
     else:
         extra = top_pairs
+    seen = set()
     for r, s in extra:
         r, s = int(r), int(s)
-        if r in mapped and s in mapped and abs(mapped[r] - mapped[s]) > 1:
-            k, m = sorted((mapped[r], mapped[s]))
-            if (k, m) not in links:
-                links.append((k, m))
-            x, y = find(k), find(m)
-            if x != y:
-                parent[y] = x
+        if r not in mapped or s not in mapped or r == s:
+            continue
+        k, m = sorted((mapped[r], mapped[s]))
+        if (m == k + 1 and same_chain[k]) or (k, m) in seen:  # chain neighbours: handled above
+            continue
+        seen.add((k, m))
+        links.append((k, m))
+        x, y = find(k), find(m)
+        if x != y:
+            parent[y] = x
     roots = [find(k) for k in range(n)]
     mapping.molecule = np.unique(roots, return_inverse=True)[1].astype(np.int64)
     mapping.links = links
