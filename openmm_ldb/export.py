@@ -72,7 +72,9 @@ def model_from_exported(path: str | None = None, module=None, card: dict | None 
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(path, map_location="cpu", _extra_files=files)
         card = json.loads(files[CARD_NAME]) if files[CARD_NAME] else {}
-    model = LDBModel(LDBConfig(**card["config"]))
+    with torch.random.fork_rng():  # the parts the file lacks (the encoder) start the same every time
+        torch.manual_seed(0)
+        model = LDBModel(LDBConfig(**card["config"]))
     own = model.state_dict()
     names = {"best_guess.denoiser.": "guess_denoiser.", "best_guess.decoder.": "guess_decoder."}
     theirs = {}

@@ -62,6 +62,17 @@ def make_batch(chains: list[dict], picks: list[int], crop: int, rng: random.Rand
     return {"ca": ca, "atoms": atoms, "present": present, "restype": restype, "segment": segment, "mask": mask}
 
 
+def _device(device=None) -> torch.device:
+    """The training device: the given one, else CUDA when available, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def _log(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -81,12 +92,15 @@ def validate(model: LDBModel, chains: list[dict], max_chains: int = 24, steps: i
     model.eval()
     sampler = Sampler(model).eval()
     recon, sampled, counts = 0.0, 0.0, 0.0
+    device = next(model.parameters()).device
     for c in chains[:max_chains]:
-        batch = make_batch([c], [0], crop=10_000, rng=random.Random(0))
+        batch = _to(make_batch([c], [0], crop=10_000, rng=random.Random(0)), device)
         out = model.losses(batch, train_diffusion=False)
         w = float(batch["present"].sum())
         recon += float(out["rmsd"]) ** 2 * w
-        atoms, mask = sampler(batch["ca"], batch["restype"][0], batch["segment"][0], steps, 1, 0, True)
+        atoms, mask, _ = sampler(batch["ca"], batch["restype"][0], batch["segment"][0],
+                                 torch.zeros(0, 2, dtype=torch.long, device=device),
+                                 torch.zeros(1, dtype=torch.long, device=device), steps, 1, True, True)
         pred = atoms[:, 0, :, : batch["atoms"].shape[2]]
         d2 = ((pred - batch["atoms"]) ** 2).sum(-1)
         pres = batch["present"] * mask[:, : batch["atoms"].shape[2]]
@@ -104,16 +118,20 @@ def validate(model: LDBModel, chains: list[dict], max_chains: int = 24, steps: i
 def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float = 0.7, batch_chains: int = 8,
           crop: int = 128, lr: float = 1e-3, config: LDBConfig | None = None, seed: int = 0,
           log_every: int = 20, ckpt_every: int = 200, val_every: int = 500, ca_noise: float = 0.03,
-          threads: int | None = None, max_steps: int | None = None) -> str:
+          threads: int | None = None, max_steps: int | None = None, device=None) -> str:
     """Train the LDB model for a wall-clock budget; returns the checkpoint path.
 
     ``dataset`` is the cache written by :func:`openmm_ldb.data.featurize_dataset`.
     """
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
+    device = _device(device)
     if distributed:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"  # the backend follows the tensors' device
         torch.distributed.init_process_group(backend)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
         rank = torch.distributed.get_rank()
     if threads:
         torch.set_num_threads(threads)
@@ -139,6 +157,9 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
         opt.load_state_dict(ck["optimizer"])
         step, phase, elapsed_before = ck["step"], ck["phase"], ck.get("elapsed", 0.0)
         config = LDBConfig(**{**asdict(config), **ck["config"]})
+    model.to(device)
+    if os.path.exists(ckpt_path):
+        opt.load_state_dict(ck["optimizer"])  # again, now that the parameters live on the device
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
     budget = minutes * 60.0
     t0 = time.time() - elapsed_before
@@ -163,7 +184,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
         for g in opt.param_groups:
             g["lr"] = lr * scale * (0.5 if phase == "denoiser" else 1.0)
         picks = [rng.choice(clusters[rng.choice(cluster_names)]) for _ in range(batch_chains)]
-        batch = make_batch(chains, picks, crop, rng, ca_noise)
+        batch = _to(make_batch(chains, picks, crop, rng, ca_noise), device)
         if phase == "denoiser":
             model.encoder.eval()
             model.quantizer.eval()
@@ -213,7 +234,8 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                 crop: int = 128, lr: float = 5e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
                 val_every: int = 500, threads: int | None = None, max_steps: int | None = None,
                 max_noise: float = 0.35, chains: list | None = None, val: list | None = None,
-                progress: bool = False) -> str:
+                progress: bool = False, device=None) -> str:
+    # (``dataset`` is ignored when ``chains`` are given)
     """Train the one-pass best guess end to end on atoms; resumable, accumulates across sessions.
 
     Starts from ``init`` (an exported model; the shipped default when None) or resumes from
@@ -251,6 +273,10 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         model, _card = model_from_exported(init)
         opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
         init_from = init or "shipped default"
+    device = _device(device)
+    model.to(device)
+    if os.path.exists(ckpt_path):
+        opt.load_state_dict(ck["optimizer"])  # again, now that the parameters live on the device
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.guess_parameters():
@@ -281,7 +307,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         picks = [rng.choice(clusters[rng.choice(cluster_names)]) for _ in range(batch_chains)]
         batch = make_batch(chains, picks, crop, rng)
         batch["ca"] = noisy_ca(batch, rng, gen, max_noise)
-        outd = model.guess_losses(batch)
+        outd = model.guess_losses(_to(batch, device))
         opt.zero_grad()
         outd["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.guess_parameters(), 1.0)
@@ -297,7 +323,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                             "clash": round(float(outd["clash"]), 4), "ring": round(float(outd["ring"]), 4),
                             "sec_per_step": round((now - last) / log_every, 3),
                             "wall_min_total": round((wall_before + now - t0) / 60, 2),
-                            "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 3)})
+                            "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})
             last = now
         if step % ckpt_every == 0:
             save()
@@ -307,7 +333,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     if bar is not None:
         bar.close()
     _log(log_path, {"event": "end", "step": step,
-                    "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 3)})
+                    "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})
     return ckpt_path
 
 
@@ -316,6 +342,7 @@ def validate_guess(model: LDBModel, chains: list[dict], max_chains: int = 16) ->
     """Heavy-atom RMSD of the one-pass best guess (no clash resolution) on validation chains,
     from true Cα and from Cα with 0.3 Å noise."""
     model.eval()
+    device = next(model.parameters()).device
     out = {}
     for name, noise in (("val_guess_rmsd", 0.0), ("val_guess_rmsd_noise03", 0.3)):
         sq, cnt = 0.0, 0.0
@@ -324,13 +351,91 @@ def validate_guess(model: LDBModel, chains: list[dict], max_chains: int = 16) ->
             batch = make_batch([c], [0], crop=10_000, rng=random.Random(0))
             if noise:
                 batch["ca"] = batch["ca"] + noise * torch.randn(batch["ca"].shape, generator=gen)
-            o = model.guess_losses(batch)
+            o = model.guess_losses(_to(batch, device))
             w = float(batch["present"].sum())
             sq += float(o["rmsd"]) ** 2 * w
             cnt += w
         out[name] = round(math.sqrt(sq / max(cnt, 1.0)), 4)
     model.train()
     return out
+
+
+def chains_from_files(trajectories=(), structures=(), heavy: int | None = None) -> list[dict]:
+    """Training items (one per frame and protein chain) from MD trajectories ``[(traj, top)]`` and
+    structure files, each tagged with its source file as ``cluster`` and its frame index."""
+    import mdtraj
+
+    from . import residues as rc
+    from .data import chain_from_mdtraj
+
+    heavy = heavy or rc.NUM_HEAVY_SLOTS + 1
+    items = []
+    sources = [(t, top) for t, top in trajectories] + [(s, None) for s in structures]
+    for path, top in sources:
+        traj = mdtraj.load(path, top=top) if top else mdtraj.load(path)
+        for ci in range(traj.topology.n_chains):
+            chain = chain_from_mdtraj(traj, ci, name=f"{os.path.basename(path)}:{ci}")
+            if chain is None:
+                continue
+            for f in range(chain.xyz.shape[0]):
+                items.append({"name": f"{chain.name}:{f}", "cluster": f"{path}:{ci}", "frame": f,
+                              "restype": chain.restype, "segment": chain.segment,
+                              "xyz": chain.xyz[f, :, :heavy], "present": chain.present[:, :heavy]})
+    if not items:
+        raise ValueError("no protein chains in the given trajectories/structures")
+    return items
+
+
+def split_by_protein(items: list[dict], val_fraction: float = 0.2) -> tuple[list[dict], list[dict], str]:
+    """Hold out whole proteins (sources) for validation; with a single protein, hold out the last
+    ``val_fraction`` of its frames (a block of time, never interleaved frames)."""
+    sources = sorted({c["cluster"] for c in items})
+    if len(sources) >= 2:
+        n_val = max(1, int(round(val_fraction * len(sources))))
+        val_sources = set(sources[-n_val:])
+        return ([c for c in items if c["cluster"] not in val_sources], [c for c in items if c["cluster"] in val_sources],
+                f"by protein: {len(sources) - n_val} train, {n_val} held out")
+    frames = sorted(c["frame"] for c in items)
+    cut = frames[int(len(frames) * (1.0 - val_fraction))]
+    return ([c for c in items if c["frame"] < cut], [c for c in items if c["frame"] >= cut],
+            f"one protein: frames < {cut} train, frames >= {cut} held out (a time block)")
+
+
+def finetune(out: str, init: str | None = None, trajectories=(), structures=(), minutes: float = 5.0,
+             max_steps: int | None = None, threads: int | None = None, lr: float = 2e-4, crop: int = 128,
+             batch_chains: int = 4, val_fraction: float = 0.2, max_val: int = 16) -> dict:
+    """Fine-tune a model (``init``: an exported file, the shipped default when None) on a user's own
+    structures and MD trajectories, reporting held-out accuracy before and after; writes
+    ``<out>/model.pt``, loadable by :class:`Backmapper` and :class:`LDBReporter` like the default."""
+    from .export import export_model, model_from_exported
+
+    items = chains_from_files(trajectories, structures)
+    train_items, val_items, how = split_by_protein(items, val_fraction)
+    if not train_items or not val_items:
+        raise ValueError("too little data to hold some out for validation: give more frames or structures")
+    stride = max(1, len(val_items) // max_val)
+    val = val_items[::stride][:max_val]
+    model, card = model_from_exported(init)
+    before = validate_guess(model, val)
+    ckpt = train_guess("", out, minutes=minutes, init=init, batch_chains=batch_chains, crop=crop, lr=lr,
+                       threads=threads, max_steps=max_steps, chains=train_items, val=None, progress=True,
+                       log_every=10, ckpt_every=50)
+    ck = torch.load(ckpt, weights_only=False)
+    model = LDBModel(LDBConfig(**ck["config"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    after = validate_guess(model, val)
+    summary = {"fine_tuned_from": init or "shipped default", "steps": ck["step"],
+               "cpu_hours": round(ck.get("cpu_seconds", 0.0) / 3600, 4), "split": how,
+               "train_items": len(train_items), "val_items": len(val),
+               "data": [str(t) for t, _ in trajectories] + [str(x) for x in structures],
+               "validation_before": before, "validation_after": after,
+               "base_training": card.get("training")}
+    path = export_model(model, os.path.join(out, "model.pt"), {"training": summary,
+                                                                 "validation": card.get("validation")})
+    summary["model"] = path
+    _log(os.path.join(out, "train.log"), {"event": "finetune", **summary})
+    return summary
 
 
 def main(argv=None) -> None:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import torch
 
 from openmm_ldb import data
@@ -43,10 +45,11 @@ def test_train_resume_and_export(real_chains, tmp_path):
     assert card["config"]["hidden"] == 16
 
 
+@pytest.mark.slow
 def test_distributed_two_gloo_processes(real_chains, tmp_path):
     ds = _dataset(real_chains, str(tmp_path / "ds.pt"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "openmm_ldb.training", ds, str(tmp_path / "ddp"), "--max-steps", "3", "--batch", "2",
            "--crop", "40", "--hidden", "16", "--threads", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -55,3 +58,58 @@ def test_distributed_two_gloo_processes(real_chains, tmp_path):
     assert log[0]["world_size"] == 2
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     assert os.path.exists(tmp_path / "ddp" / "checkpoint.pt")
+
+
+def _items(real_chains):
+    items = []
+    for i, c in enumerate(real_chains[:3]):
+        items.append({"name": c.name, "cluster": f"c{i}", "frame": 0, "restype": c.restype, "segment": c.segment,
+                      "xyz": c.xyz[0, :, :15], "present": c.present[:, :15]})
+    return items
+
+
+@pytest.mark.slow
+def test_best_guess_training_resumes_exactly(real_chains, tmp_path):
+    """Two steps, stop, two more from the checkpoint == four steps in one go (model, optimizer,
+    RNG state and data order all carried); the log counts steps and CPU-hours."""
+    from openmm_ldb.training import train_guess
+
+    items = _items(real_chains)
+    kw = dict(chains=items, val=None, batch_chains=2, crop=32, threads=1, log_every=1, ckpt_every=1000)
+    a = train_guess("", str(tmp_path / "a"), max_steps=4, **kw)
+    train_guess("", str(tmp_path / "b"), max_steps=2, **kw)
+    b = train_guess("", str(tmp_path / "b"), max_steps=4, **kw)
+    sa, sb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    assert sa["step"] == sb["step"] == 4
+    for k in sa["model"]:
+        assert torch.allclose(sa["model"][k], sb["model"][k], atol=1e-6), k
+    log = [json.loads(x) for x in open(tmp_path / "b" / "train.log")]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    assert log[-1]["event"] == "end" and log[-1]["cpu_hours_total"] > 0
+
+
+@pytest.mark.slow
+def test_finetune_end_to_end(tmp_path):
+    """openmm-ldb train --init default on two structure files: held-out report, exported model
+    that the Backmapper loads like the default."""
+    import mdtraj
+
+    from openmm_ldb import cg
+    from openmm_ldb.backmapper import Backmapper
+    from openmm_ldb.cli import main
+
+    traj = mdtraj.load(str(cg.demo_structure_path()))
+    a, b = tmp_path / "a.pdb", tmp_path / "b.pdb"
+    traj.save_pdb(str(a))
+    moved = traj.xyz + np.random.default_rng(0).normal(0, 0.01, traj.xyz.shape).astype(np.float32)
+    mdtraj.Trajectory(moved, traj.topology).save_pdb(str(b))
+    code = main(["train", "--init", "default", "--structures", str(a), str(b), "--out", str(tmp_path / "ft"),
+                 "--max-steps", "2", "--threads", "1"])
+    assert code == 0
+    model = tmp_path / "ft" / "model.pt"
+    bm = Backmapper(str(model), threads=1)
+    assert bm.card["training"]["steps"] == 2
+    assert "validation_before" in bm.card["training"] and "validation_after" in bm.card["training"]
+    go = cg.GoModel.from_structure(cg.demo_structure_path())
+    top, pos = bm.backmap(go.topology, go.native_positions)
+    assert top.getNumAtoms() > 400

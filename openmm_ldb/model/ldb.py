@@ -75,7 +75,7 @@ class LDBModel(nn.Module):
         segment, mask = batch["segment"], batch["mask"]
         ca = torch.cat([geo.regularize_trace(batch["ca"][b:b + 1], segment[b]) for b in range(segment.shape[0])])
         node, edge, rel, idx, valid, rot = self._graph_batch(ca, segment, mask)
-        true_full = torch.zeros(atoms.shape[0], atoms.shape[1], rc.NUM_SLOTS, 3, dtype=atoms.dtype)
+        true_full = torch.zeros(atoms.shape[0], atoms.shape[1], rc.NUM_SLOTS, 3, dtype=atoms.dtype, device=atoms.device)
         true_full[:, :, : atoms.shape[2]] = atoms
         angles, angle_mask = self._true_angles(true_full, restype, segment)
         angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
@@ -105,7 +105,7 @@ class LDBModel(nn.Module):
         mask = batch["mask"]              # [B, N]
         out: Dict[str, torch.Tensor] = {}
         node, edge, rel, idx, valid, rot = self._graph_batch(ca, segment, mask)
-        true_full = torch.zeros(atoms.shape[0], atoms.shape[1], rc.NUM_SLOTS, 3, dtype=atoms.dtype)
+        true_full = torch.zeros(atoms.shape[0], atoms.shape[1], rc.NUM_SLOTS, 3, dtype=atoms.dtype, device=atoms.device)
         true_full[:, :, : atoms.shape[2]] = atoms
         angles, angle_mask = self._true_angles(true_full, restype, segment)
         angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
