@@ -1,10 +1,21 @@
-"""XTC through mdtraj (per-frame step and time stored exactly)."""
+"""XTC through OpenMM's XTC library (``openmm.app.XTCFile``'s own frame writer), with the step and
+time of every frame stored exactly; a continued file gets its frames appended in place.
+
+``XTCFile.writeModel`` derives each frame's step from a first step and an interval; the writer
+promises the caller's own step and time per frame, so it calls the frame writer underneath
+``XTCFile`` (``xtc_write_frame``, which appends one frame to the file) directly.
+"""
 
 import os
 
 import numpy as np
 
 from .common import FrameFile
+
+try:  # OpenMM >= 8.2
+    from openmm.app.internal.xtc_utils import get_xtc_natoms, get_xtc_nframes, xtc_write_frame
+except ImportError:  # pragma: no cover - older OpenMM: mdtraj's XTC writer below
+    xtc_write_frame = None
 
 
 class XTCFrameFile(FrameFile):
@@ -13,15 +24,36 @@ class XTCFrameFile(FrameFile):
     format = 'xtc'
 
     def _open(self):
+        if xtc_write_frame is None:
+            return self._open_mdtraj()
+        if not self._appending:
+            if os.path.exists(self._path):
+                os.remove(self._path)
+            return
+        natoms = get_xtc_natoms(self._path.encode('utf-8'))
+        if natoms != self._n_atoms:
+            raise ValueError(f'Cannot append to {self._path}: the file has {natoms} atoms but the topology has '
+                             f'{self._n_atoms} atoms')
+        self._n_frames = get_xtc_nframes(self._path.encode('utf-8'))
+
+    def _write(self, pos, step, time, box):
+        if not -2**31 <= step < 2**31:
+            raise ValueError(f'XTC stores steps as 32-bit integers; step {step} is out of range')
+        if xtc_write_frame is None:
+            return self._write_mdtraj(pos, step, time, box)
+        box = np.zeros((3, 3), dtype=np.float32) if box is None else np.asarray(box, dtype=np.float32)
+        # opens the file, appends one frame and closes it: every frame is on disk when write() returns
+        xtc_write_frame(self._path.encode('utf-8'), np.ascontiguousarray(pos, dtype=np.float32), box,
+                        np.float32(time), np.int32(step))
+
+    # mdtraj fallback (OpenMM < 8.2): a continued file is copied into a new one first
+    def _open_mdtraj(self):
         from mdtraj.formats import XTCTrajectoryFile
         if not self._appending:
             self._handle = XTCTrajectoryFile(self._path, 'w', force_overwrite=True)
             return
-        # mdtraj cannot append to XTC: copy the existing frames into a new file (lossless, the
-        # coordinates are already quantized), then atomically put it in place of the old one.
-        # The open handle follows the renamed file.
         stem, ext = os.path.splitext(self._path)
-        tmp = '%s.appending%d%s' % (stem, os.getpid(), ext)
+        tmp = f'{stem}.appending{os.getpid()}{ext}'
         out = XTCTrajectoryFile(tmp, 'w', force_overwrite=True)
         try:
             n = 0
@@ -31,8 +63,8 @@ class XTCFrameFile(FrameFile):
                     if len(xyz) == 0:
                         break
                     if xyz.shape[1] != self._n_atoms:
-                        raise ValueError('Cannot append to %s: the file has %d atoms but the topology has %d atoms'
-                                         % (self._path, xyz.shape[1], self._n_atoms))
+                        raise ValueError(f'Cannot append to {self._path}: the file has {xyz.shape[1]} atoms but the '
+                                         f'topology has {self._n_atoms} atoms')
                     out.write(xyz, time=time, step=step, box=box)
                     n += len(xyz)
             out.flush()
@@ -45,11 +77,8 @@ class XTCFrameFile(FrameFile):
         self._handle = out
         self._n_frames = n
 
-    def _write(self, pos, step, time, box):
-        if not -2**31 <= step < 2**31:
-            raise ValueError('XTC stores steps as 32-bit integers; step %d is out of range' % step)
-        self._handle.write(pos[np.newaxis].astype(np.float32),
-                           time=np.array([time], dtype=np.float32),
+    def _write_mdtraj(self, pos, step, time, box):
+        self._handle.write(pos[np.newaxis].astype(np.float32), time=np.array([time], dtype=np.float32),
                            step=np.array([step], dtype=np.int32),
                            box=None if box is None else box[np.newaxis].astype(np.float32))
         self._handle.flush()
