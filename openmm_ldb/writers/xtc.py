@@ -13,7 +13,11 @@ import numpy as np
 from .common import FrameFile
 
 try:  # OpenMM >= 8.2
-    from openmm.app.internal.xtc_utils import get_xtc_natoms, get_xtc_nframes, xtc_write_frame
+    from openmm.app.internal.xtc_utils import (
+        get_xtc_natoms,
+        get_xtc_nframes,
+        xtc_write_frame,
+    )
 except ImportError:  # pragma: no cover - older OpenMM: mdtraj's XTC writer below
     xtc_write_frame = None
 
