@@ -5,7 +5,6 @@ The one place where OpenMM units meet the model's Å tensors.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 
@@ -25,8 +24,7 @@ from .topology import (
 )
 
 NM_TO_ANGSTROM = 10.0
-DETERMINISTIC_STEPS = 4
-SAMPLING_STEPS = 10
+SAMPLING_STEPS = 10  # DDIM steps of the diffusion samples (the best guess is one pass)
 
 
 def to_angstrom(positions) -> np.ndarray:
@@ -130,15 +128,15 @@ class Backmapper:
     Parameters
     ----------
     model : str, optional
-        Path of an exported model (``.pt`` TorchScript or ``.pt2``); the shipped default
+        Path of an exported model (TorchScript ``.pt``); the shipped default
         when omitted.
     device : str or torch.device, optional
         ``'cuda'`` when available, else ``'cpu'``.
     threads : int, optional
         CPU threads for PyTorch.
     steps : int, optional
-        Denoising steps of the sampler; by default 4 for the deterministic best guess and 10
-        for samples (measured: more steps do not make the best guess more accurate).
+        Denoising steps of the diffusion samples (default 10); the deterministic best guess is
+        always one pass of its own network.
     max_batch_residues : int
         Frames x samples x residues per model call; larger batches are split (bounded memory).
     """
@@ -152,14 +150,9 @@ class Backmapper:
             torch.set_num_threads(int(threads))
         self.module, self.card = load_model(model, self.device)
         self.steps = None if steps is None else int(steps)
-        if "pt2" in self.card:  # torch.export programs are traced for one step count
-            self.steps = int(self.card["pt2"]["steps"])
         self.max_batch_residues = int(max_batch_residues)
         self._plans: dict = {}
         self._lock = threading.Lock()
-        cys = rc.ideal_geometry()["CYS"]
-        sg = next(e for e in cys if e[0] == "SG")
-        self._sg_bond, self._sg_angle = float(sg[4]), math.radians(sg[5])
 
     # ------------------------------------------------------------------ planning
     def plan(self, cg_topology, reference_positions, bead_name: str = "CA", residues=None,
@@ -263,29 +256,42 @@ class Backmapper:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, plan: BackmapPlan, positions, n_samples: int = 1, seed: int | None = None,
-               deterministic: bool | None = None, box_vectors=None) -> np.ndarray:
-        """All-atom positions [frames, samples, n_atoms, 3] in Å for CG ``positions``."""
+               deterministic: bool | None = None, box_vectors=None, seeds=None, keep_ca: bool = False,
+               info: dict | None = None) -> np.ndarray:
+        """All-atom positions [frames, samples, n_atoms, 3] in Å for CG ``positions``.
+
+        Frame f is sampled with ``seeds[f]`` (default ``seed + f``): the same frame and seed give
+        the same atoms whatever the batch.  ``keep_ca`` keeps every Cα exactly as given (bonds may
+        then stretch on infeasible CG traces).  A dict passed as ``info`` receives ``ca_shift``
+        [frames, samples] (Å), the largest Cα move per frame.
+        """
         ca = self._ca_frames(plan.mapping, positions, box_vectors)
         if deterministic is None:
-            deterministic = n_samples == 1 and seed is None
-        if seed is None:
-            seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+            deterministic = n_samples == 1 and seed is None and seeds is None
+        if seeds is None:
+            if seed is None:
+                seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+            seeds = int(seed) + np.arange(ca.shape[0])
+        seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+        if len(seeds) != ca.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {ca.shape[0]} frames: give one seed per frame")
         n = plan.mapping.n_residues
         frames_per_call = max(1, self.max_batch_residues // max(1, n * n_samples))
         restype = torch.as_tensor(plan.mapping.restype, device=self.device)
         segment = torch.as_tensor(plan.segment, device=self.device)
-        out = []
+        pairs = torch.as_tensor(np.asarray(plan.disulfides, dtype=np.int64).reshape(-1, 2), device=self.device)
+        steps = self.steps or SAMPLING_STEPS
+        out, shifts = [], []
         with self._lock, torch.no_grad():
             for start in range(0, ca.shape[0], frames_per_call):
                 chunk = torch.as_tensor(ca[start:start + frames_per_call], dtype=torch.float32, device=self.device)
-                # the seed advances with the frame index so every frame gets its own noise
-                steps = self.steps or (DETERMINISTIC_STEPS if deterministic else SAMPLING_STEPS)
-                atoms, _ = self.module(chunk, restype, segment, steps, int(n_samples), int(seed) + start,
-                                       bool(deterministic))
-                atoms = atoms.cpu().numpy()
-                if plan.disulfides:
-                    close_disulfides(atoms, plan.disulfides, self._sg_bond, self._sg_angle)
-                out.append(plan.layout.positions_from_slots(atoms))
+                frame_seeds = torch.as_tensor(seeds[start:start + frames_per_call], device=self.device)
+                atoms, _, shift = self.module(chunk, restype, segment, pairs, frame_seeds, steps, int(n_samples),
+                                              bool(deterministic), bool(keep_ca))
+                out.append(plan.layout.positions_from_slots(atoms.cpu().numpy()))
+                shifts.append(shift.cpu().numpy())
+        if info is not None:
+            info["ca_shift"] = np.concatenate(shifts, axis=0)
         result = np.concatenate(out, axis=0)
         if not np.isfinite(result).all():
             raise FloatingPointError("the model produced non-finite coordinates")
@@ -340,6 +346,95 @@ class Backmapper:
             out = out[0, 0]
         return plan.topology, unit.Quantity(out, unit.nanometer)
 
+    # ------------------------------------------------------------------ streaming
+    def stream(self, plan: BackmapPlan, frames, n_samples: int = 1, seed: int | None = None, batch_size: int = 8,
+               refiner=None, deterministic: bool | None = None, start_index: int = 0, **sample_options):
+        """Backmap a stream of CG frames: the one pipeline of the reporters, snapshots and CLI.
+
+        Parameters
+        ----------
+        plan : BackmapPlan
+        frames : iterable
+            CG frames, each a :class:`CGFrame` (positions in nm, optional box, step and time), a
+            ``(positions, box, step, time)`` tuple or a plain positions array / Quantity.  An item
+            ``None`` means "no more frames for now": the frames collected so far are backmapped
+            without waiting for a full batch (live sources).
+        n_samples : int
+            All-atom structures per frame.
+        seed : int, optional
+            Base seed.  Frame ``k`` of the stream (counting from ``start_index``) is sampled with
+            :func:`stream_seed` ``(seed, n_samples, k)``, whatever the batching; with one sample
+            and no seed every frame gets the deterministic best guess.
+        batch_size : int
+            Frames backmapped per model call (the best guess; seeded samples go frame by frame so
+            each frame keeps its own seed).
+        refiner : Refiner, optional
+            Restrained minimisation (:class:`openmm_ldb.refine.Refiner`) applied to every structure.
+        deterministic : bool, optional
+            Force the best-guess mode on or off (default: one sample and no seed).
+        start_index : int
+            Index of the first frame in the stream (to resume a stream with the same seeds).
+        **sample_options
+            Passed on to :meth:`sample` (e.g. ``keep_ca``).
+
+        Yields
+        ------
+        AAFrame
+            In input order: ``index``, ``step``, ``time`` (ps), ``box`` (nm or None) and
+            ``positions``, all-atom positions in nm with shape (n_samples, n_atoms, 3), ready for
+            :class:`openmm_ldb.writers.TrajectoryWriter`.
+        """
+        from .frames import CGFrame
+
+        n_samples = int(n_samples)
+        if deterministic is None:
+            deterministic = n_samples == 1 and seed is None
+        batch_size = max(1, int(batch_size))
+        index = int(start_index)
+        batch: list = []
+        for item in frames:
+            if item is not None:
+                batch.append(CGFrame.of(item))
+            if batch and (item is None or len(batch) >= batch_size):
+                yield from self._stream_batch(plan, batch, index, n_samples, seed, deterministic, refiner,
+                                          sample_options)
+                index += len(batch)
+                batch = []
+        if batch:
+            yield from self._stream_batch(plan, batch, index, n_samples, seed, deterministic, refiner,
+                                          sample_options)
+
+    def _stream_batch(self, plan, batch, index, n_samples, seed, deterministic, refiner, options):
+        from .frames import AAFrame
+
+        boxes = [f.box for f in batch]
+        periodic = any(b is not None for b in boxes)
+        if periodic and any(b is None for b in boxes):
+            raise ValueError("a stream mixes periodic frames (with a box) and frames without one")
+        seeds = None if deterministic else [stream_seed(seed, n_samples, index + k) for k in range(len(batch))]
+        if seeds is not None and seeds[0] is None:  # several samples without a seed
+            seeds = [stream_seed(0, n_samples, index + k) for k in range(len(batch))]
+        import inspect
+
+        if seeds is None or "seeds" in inspect.signature(self.sample).parameters:
+            positions = np.stack([f.positions for f in batch])
+            box = np.stack(boxes) if periodic else None
+            kwargs = dict(options)
+            if seeds is not None:
+                kwargs["seeds"] = seeds
+            xyz = self.sample(plan, positions, n_samples, seed=None, deterministic=deterministic, box_vectors=box,
+                              **kwargs)
+            per_frame = [xyz[f] for f in range(len(batch))]
+        else:  # a sampler without per-frame seeds: one call per frame keeps frame k's seed
+            per_frame = [self.sample(plan, f.positions[None], n_samples, seed=seeds[k], deterministic=False,
+                                     box_vectors=None if f.box is None else f.box[None], **options)[0]
+                         for k, f in enumerate(batch)]
+        for k, (frame, xyz) in enumerate(zip(batch, per_frame)):
+            xyz = np.asarray(xyz, dtype=np.float64) / NM_TO_ANGSTROM  # [S, atoms, 3] nm
+            if refiner is not None:
+                xyz = np.stack([refiner.minimize(x) for x in xyz])
+            yield AAFrame(index + k, frame.step, frame.time, frame.box, xyz)
+
 
 def _topology_key(topology) -> tuple:
     """What a plan depends on in a CG topology (its content, not its ``id``, which Python reuses)."""
@@ -393,42 +488,3 @@ def find_disulfides(ca: np.ndarray, restype: np.ndarray, max_ca: float = rc.DISU
             pairs.append((i, j))
             used.update((i, j))
     return pairs
-
-
-def _nerf_np(a, b, c, bond, angle, torsion):
-    bc = c - b
-    bc /= np.linalg.norm(bc, axis=-1, keepdims=True)
-    n = np.cross(b - a, bc)
-    n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    m = np.cross(n, bc)
-    return (c + bond * (-np.cos(angle) * bc + np.sin(angle) * np.cos(torsion)[..., None] * m
-                        + np.sin(angle) * np.sin(torsion)[..., None] * n))
-
-
-def close_disulfides(atoms: np.ndarray, pairs, sg_bond: float, sg_angle: float) -> None:
-    """Rotate chi1 of both cysteines of each pair so SG–SG is a bond (2.04 Å, CB–SG–SG ~104°).
-
-    ``atoms`` [F, S, N, NUM_SLOTS, 3] Å, modified in place.  A 5-degree grid over both chi1
-    angles scores the S–S distance and the two CB–SG–SG angles.
-    """
-    grid = np.radians(np.arange(-180, 180, 5.0))
-    ideal_angle = math.radians(104.0)
-    sg_slot = rc.slot_names("CYS").index("SG")
-    for i, j in pairs:
-        n_i, ca_i, cb_i = atoms[..., i, 0, :], atoms[..., i, 1, :], atoms[..., i, 4, :]
-        n_j, ca_j, cb_j = atoms[..., j, 0, :], atoms[..., j, 1, :], atoms[..., j, 4, :]
-        sg_i = _nerf_np(n_i[..., None, :], ca_i[..., None, :], cb_i[..., None, :], sg_bond, sg_angle, grid)  # [F,S,G,3]
-        sg_j = _nerf_np(n_j[..., None, :], ca_j[..., None, :], cb_j[..., None, :], sg_bond, sg_angle, grid)
-        d = np.linalg.norm(sg_i[..., :, None, :] - sg_j[..., None, :, :], axis=-1)  # [F,S,G,G]
-        v_ii = cb_i[..., None, None, :] - sg_i[..., :, None, :]
-        v_ij = sg_j[..., None, :, :] - sg_i[..., :, None, :]
-        v_jj = cb_j[..., None, None, :] - sg_j[..., None, :, :]
-        cos_i = (v_ii * v_ij).sum(-1) / (np.linalg.norm(v_ii, axis=-1) * np.maximum(d, 1e-6))
-        cos_j = (v_jj * -v_ij).sum(-1) / (np.linalg.norm(v_jj, axis=-1) * np.maximum(d, 1e-6))
-        ang_i = np.arccos(np.clip(cos_i, -1, 1))
-        ang_j = np.arccos(np.clip(cos_j, -1, 1))
-        score = (d - rc.BOND_SG_SG) ** 2 + 0.5 * ((ang_i - ideal_angle) ** 2 + (ang_j - ideal_angle) ** 2)
-        flat = score.reshape(*score.shape[:-2], -1).argmin(-1)
-        gi, gj = np.unravel_index(flat, (len(grid), len(grid)))
-        atoms[..., i, sg_slot, :] = np.take_along_axis(sg_i, gi[..., None, None], axis=-2)[..., 0, :]
-        atoms[..., j, sg_slot, :] = np.take_along_axis(sg_j, gj[..., None, None], axis=-2)[..., 0, :]

@@ -142,7 +142,6 @@ def _read_error(path: str, topology, err: BaseException) -> str:
 
 def _backmap_file(bm, path: str, out: str, args, system) -> str:
     """Backmap one input file; returns the summary line.  Raises InputError (or other errors)."""
-    from .frames import CGFrame
     from .writers import TrajectoryWriter, sample_paths
 
     if not os.path.exists(path):
@@ -179,7 +178,7 @@ def _backmap_file(bm, path: str, out: str, args, system) -> str:
             for f in range(traj.n_frames):
                 box = None if traj.unitcell_vectors is None else traj.unitcell_vectors[f]
                 t = None if traj.time is None else float(traj.time[f])
-                yield CGFrame(np.asarray(traj.xyz[f], dtype=np.float64), box, index, t)
+                yield np.asarray(traj.xyz[f], dtype=np.float64), box, index, t  # (positions, box, step, time)
                 index += 1
 
     from tqdm import tqdm
@@ -398,10 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None)
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("export", help="export a training checkpoint as a self-describing model file")
+    e = sub.add_parser("export", help="export a training checkpoint (or re-export a model file) as a "
+                                      "self-describing TorchScript model")
     e.add_argument("checkpoint")
     e.add_argument("-o", "--output", required=True)
-    e.add_argument("--format", default=None, choices=["torchscript", "pt2"])
+    e.add_argument("--format", default=None, choices=["torchscript"])
     e.set_defaults(func=_export)
 
     v = sub.add_parser("evaluate", help="metrics of a model on the validation split or a folder of PDBs")

@@ -1,7 +1,7 @@
 """Export the trained sampler as one self-describing file, and load it back.
 
-TorchScript (default; loadable with ``torch.jit.load`` and from libtorch in C++) or
-torch.export (``.pt2``).  The model card (hyper-parameters, residue vocabulary, slot layout,
+TorchScript (loadable with ``torch.jit.load`` and from libtorch in C++; the Python Backmapper
+runs the same function from this package's source with the file's weights and settings).  The model card (hyper-parameters, residue vocabulary, slot layout,
 training-data summary, validation metrics) travels inside the file as ``model_card.json``.
 """
 
@@ -92,7 +92,8 @@ def model_from_exported(path: str | None = None, module=None, card: dict | None 
 def export_model(model: LDBModel | str, path: str, card_extra: dict | None = None, fmt: str | None = None) -> str:
     """Write the sampler of ``model`` (or of a training checkpoint path) to ``path``.
 
-    ``fmt`` is ``'torchscript'`` (default, ``.pt``) or ``'pt2'`` (torch.export program).
+    ``fmt`` is ``'torchscript'`` (``.pt``).  The torch.export (``.pt2``) format of version 1 is
+    not available for this version's function (see docs/cpp.md).
     """
     if isinstance(model, str):
         model = load_checkpoint(model) if not _is_exported(model) else model_from_exported(model)[0]
@@ -106,11 +107,11 @@ def export_model(model: LDBModel | str, path: str, card_extra: dict | None = Non
             scripted = torch.jit.script(sampler)
         scripted.save(path, _extra_files={CARD_NAME: json.dumps(card, indent=1)})
     elif fmt == "pt2":
-        from .export_pt2 import export_pt2
-
-        export_pt2(sampler, path, card)
+        raise ValueError("the .pt2 (torch.export) format is not available for this version's sampler "
+                         "(its clash resolution and disulfide closure branch on the data); export "
+                         "TorchScript (.pt), which Python and C++ share")
     else:
-        raise ValueError(f"unknown export format {fmt!r} (use 'torchscript' or 'pt2')")
+        raise ValueError(f"unknown export format {fmt!r} (use 'torchscript')")
     return path
 
 
@@ -139,9 +140,8 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu", pyth
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     if path.endswith(".pt2"):
-        from .export_pt2 import load_pt2
-
-        module, card = load_pt2(path, device)
+        raise ValueError(f"{path}: .pt2 models (openmm-ldb 0.1) are not supported by this version; "
+                         "re-export the model as TorchScript (.pt)")
     else:
         files = {CARD_NAME: ""}
         with warnings.catch_warnings():
@@ -161,7 +161,7 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu", pyth
     if card.get("geometry_fingerprint") != geometry_fingerprint():
         raise ValueError(f"{path}: the model was trained with another ideal-geometry table "
                          f"({card.get('geometry_fingerprint')} != {geometry_fingerprint()})")
-    if python and not path.endswith(".pt2"):
+    if python:
         model, _ = model_from_exported(path, module=module, card=card)
         module = Sampler(model, card.get("sampler_settings")).eval().to(device)
     return module, card
