@@ -35,6 +35,7 @@ DEFAULT_SETTINGS = {
     "repack_cutoff": 3.0,
     "repack_penalty": 0.4,
     "repack_neighbours": 12,
+    "repack_fraction": 0.125,
     "proline_chi1_grid": 31,
     "disulfide_grid": 72,
     "hydrogen_rounds": 2,
@@ -162,6 +163,7 @@ class Sampler(nn.Module):
         self.repack_cutoff = float(s["repack_cutoff"])
         self.repack_penalty = float(s["repack_penalty"])
         self.repack_neighbours = int(s["repack_neighbours"])
+        self.repack_fraction = float(s["repack_fraction"])
         self._settings = s
         self.register_buffer("repack_offsets", torch.tensor(s["repack_offsets"], dtype=torch.float32) *
                              (math.pi / 180.0))
@@ -375,7 +377,7 @@ class Sampler(nn.Module):
         pen = torch.full([ncand], self.repack_penalty, device=atoms.device, dtype=atoms.dtype)
         pen[0] = 0.0
         movable = (~fixed).to(atoms.dtype)
-        n_active = max(1, min(n, (n + 7) // 8))
+        n_active = max(1, min(n, int(math.ceil(n * self.repack_fraction))))
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
         cur = cand[0]
         rows = torch.arange(m, device=atoms.device).view(m, 1)
@@ -385,7 +387,10 @@ class Sampler(nn.Module):
             # rounds (so that two clashing neighbours, adjacent in this order, rarely move together)
             e_cur = self.side_chain_energy(cur.unsqueeze(0), everyone, restype, nb, cur, bb_idx, bb_keep, bb)[0]
             e_cur = e_cur * movable.view(1, n)
-            worst_all = torch.topk(e_cur, n_active, dim=-1)[1]               # [M, T]
+            # two residues that clash with each other score the same: rank by energy rounded to
+            # 1e-4, then by position, so that CPU, CUDA and C++ pick the same ones
+            key = torch.floor(e_cur * 1e4).to(torch.int64) * n + (n - 1 - pos.view(1, n))
+            worst_all = torch.topk(key, n_active, dim=-1)[1]                  # [M, T]
             for r in range(3):
                 worst = worst_all[:, r::3]
                 t = worst.shape[1]
