@@ -18,8 +18,8 @@ import numpy as np
 import openmm.unit as unit
 from openmm.app import PDBFile, Topology
 
-from .backmapper import stream_seed
-from .reporter import frame_from_state
+from .frames import CGFrame
+from .reporting import BackmapReporterBase, frame_from_state
 
 __all__ = ["SnapshotReporter", "find_residue", "pocket_residues", "snapshot_path", "ssbond_records", "subset",
            "write_pdb"]
@@ -218,7 +218,7 @@ def write_pdb(topology: Topology, positions, file, standard_names: bool = True, 
 
 
 # ---------------------------------------------------------------------------------------------- reporter
-class SnapshotReporter(object):
+class SnapshotReporter(BackmapReporterBase):
     """SnapshotReporter backmaps every Nth frame of a Cα coarse-grained simulation and writes
     each as its own complete all-atom PDB file, named by step.
 
@@ -226,7 +226,9 @@ class SnapshotReporter(object):
     (``frame_000001000.pdb``), or ``<prefix>_<step>_s<k>.pdb`` for sample ``k`` when
     ``nSamples > 1``.  Each file has hydrogens, ``SSBOND`` and ``CONECT`` records for
     disulfides, and the CG residue numbers and chain ids.  Backmapping runs synchronously in
-    ``report()``: every file is complete when ``Simulation.step()`` returns.
+    ``report()`` (through :meth:`Backmapper.stream`, like :class:`LDBReporter`'s worker): every
+    file is complete when ``Simulation.step()`` returns.  Snapshots are meant to be rare; for a
+    trajectory use :class:`~openmm_ldb.reporter.LDBReporter`, which never holds the simulation up.
 
     To use it, create a SnapshotReporter, then add it to the Simulation's list of reporters::
 
@@ -281,62 +283,22 @@ class SnapshotReporter(object):
         steps : int=None
             Denoising steps of the sampler (default 4 for the best guess, 10 for samples).
         """
-        if backmapper is None:
-            from .backmapper import Backmapper
-
-            backmapper = Backmapper(model, device=device, steps=steps)
+        super().__init__(reportInterval, backmapper, model, device, nSamples, seed, hydrogens, minimize, solvent,
+                         minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps)
+        self._getBackmapper()
         self._directory = os.fspath(directory)
-        self._reportInterval = int(reportInterval)
-        self._backmapper = backmapper
         self._prefix = prefix
-        self._nSamples = int(nSamples)
-        self._seed = seed
-        self._hydrogens = bool(hydrogens) or bool(minimize)
-        self._minimize = bool(minimize)
-        self._solvent = solvent
-        self._minimizeIterations = int(minimizeIterations)
-        self._refinePlatform = refinePlatform
-        self._beadName = beadName
-        self._residues = residues
-        self._skipUnknown = skipUnknown
         self._standardNames = bool(standardNames)
         self._digits = int(digits)
-        self._plan = None
         self._refiner = None
         self._frameIndex = 0
         self._files = []
         os.makedirs(self._directory, exist_ok=True)
 
     @property
-    def plan(self):
-        """The :class:`BackmapPlan` (all-atom topology, chains, disulfides); None before the first report."""
-        return self._plan
-
-    @property
-    def topology(self):
-        """The all-atom ``openmm.app.Topology`` written (None before the first report)."""
-        return None if self._plan is None else self._plan.topology
-
-    @property
     def files(self):
         """Paths of the files written so far, in order."""
         return list(self._files)
-
-    def describeNextReport(self, simulation):
-        """Get information about the next report this object will generate.
-
-        Parameters
-        ----------
-        simulation : Simulation
-            The Simulation to generate a report for
-
-        Returns
-        -------
-        dict
-            A dictionary describing the required information for the next report
-        """
-        steps = self._reportInterval - simulation.currentStep % self._reportInterval
-        return {'steps': steps, 'periodic': False, 'include': ['positions']}
 
     def report(self, simulation, state):
         """Backmap the current frame and write its PDB file(s).
@@ -349,42 +311,24 @@ class SnapshotReporter(object):
             The current state of the simulation
         """
         positions, box = frame_from_state(simulation, state)
-        if self._plan is None:
-            self._plan = self._backmapper.plan(simulation.topology, positions, self._beadName, self._residues,
-                                               self._skipUnknown, self._hydrogens, box_vectors=box)
-            if self._minimize:
-                from .refine import Refiner
-
-                self._refiner = Refiner(self._plan.topology, self._solvent, max_iterations=self._minimizeIterations,
-                                        platform=self._refinePlatform)
-        seed = stream_seed(self._seed, self._nSamples, self._frameIndex)
-        xyz = self._backmapper.sample(self._plan, positions, self._nSamples, seed=seed,
-                                      deterministic=(self._nSamples == 1 and self._seed is None),
-                                      box_vectors=box)[0] / 10.0  # [S, atoms, 3] nm
-        step = int(simulation.currentStep)
-        time_ps = state.getTime().value_in_unit(unit.picosecond)
-        for s in range(self._nSamples):
-            frame = xyz[s]
-            remarks = [f"openmm-ldb snapshot: step {step}, time {time_ps:.3f} ps"
-                       + (f", sample {s} of {self._nSamples}" if self._nSamples > 1 else "")]
-            if self._refiner is not None:
-                frame = self._refine(frame)
-                remarks.append(f"restrained amber14 minimisation ({self._solvent}), "
-                               f"energy {self._refiner.energy(frame):.1f} kJ/mol (with Cα restraints)")
-            path = snapshot_path(self._directory, self._prefix, step, s if self._nSamples > 1 else None,
-                                 self._digits)
-            write_pdb(self._plan.topology, frame, path, standard_names=self._standardNames, remarks=remarks)
-            self._files.append(path)
+        if self._planInput is None:
+            self._planInput = (simulation.topology, positions, box, simulation.system)
+            self._refiner = self._makeRefiner(self.plan.topology)
+        frame = CGFrame(positions, box, int(simulation.currentStep), state.getTime().value_in_unit(unit.picosecond))
+        for aa in self._backmapper.stream(self.plan, [frame], self._nSamples, self._seed, refiner=self._refiner,
+                                          start_index=self._frameIndex):
+            for s in range(self._nSamples):
+                remarks = [f"openmm-ldb snapshot: step {aa.step}, time {aa.time:.3f} ps"
+                           + (f", sample {s} of {self._nSamples}" if self._nSamples > 1 else "")]
+                if self._refiner is not None:
+                    remarks.append(f"restrained amber14 minimisation ({self._solvent}), "
+                                   f"energy {self._refiner.energy(aa.positions[s]):.1f} kJ/mol (with Cα restraints)")
+                path = snapshot_path(self._directory, self._prefix, aa.step, s if self._nSamples > 1 else None,
+                                     self._digits)
+                write_pdb(self.plan.topology, aa.positions[s], path, standard_names=self._standardNames,
+                          remarks=remarks)
+                self._files.append(path)
         self._frameIndex += 1
-
-    def _refine(self, frame):
-        # from near-overlapping atoms the minimiser can stop early at an absurd energy; go again
-        limit = 1000.0 * self._plan.topology.getNumAtoms()
-        for _ in range(5):
-            frame = self._refiner.minimize(frame)
-            if self._refiner.energy(frame) < limit:
-                break
-        return frame
 
     def close(self):
         """Nothing to flush (every file is complete when written); for symmetry with other reporters."""

@@ -58,17 +58,10 @@ def test_describe_next_report_dict(go_sim, backmapper, tmp_path):
     rep.close()
 
 
-class SlowBackmapper(Backmapper):
-    def sample(self, *args, **kwargs):
-        time.sleep(0.05)
-        return super().sample(*args, **kwargs)
-
-
 def test_slow_consumer_no_lost_or_reordered_frames(go_sim, tiny_model, tmp_path):
     go, sim = go_sim
-    slow = SlowBackmapper(tiny_model, device="cpu")
     out = str(tmp_path / "aa.xtc")
-    with LDBReporter(out, 5, backmapper=slow, batchSize=2, maxQueue=2) as rep:
+    with LDBReporter(out, 5, model=tiny_model, batchSize=2, workerDelay=0.05) as rep:
         sim.reporters.append(rep)
         sim.step(300)
     with mdtraj.formats.XTCTrajectoryFile(out) as f:
@@ -183,6 +176,7 @@ def test_periodic_chain_made_whole(backmapper, tmp_path):
     assert steps.max() < 0.45
 
 
+@pytest.mark.slow
 def test_large_system_batches(backmapper):
     n = 5000
     top = cg.ca_topology(["".join(rc.RESTYPES_1[i % 20] for i in range(n))])
