@@ -263,7 +263,8 @@ class Backmapper:
         Frame f is sampled with ``seeds[f]`` (default ``seed + f``): the same frame and seed give
         the same atoms whatever the batch.  ``keep_ca`` keeps every Cα exactly as given (bonds may
         then stretch on infeasible CG traces).  A dict passed as ``info`` receives ``ca_shift``
-        [frames, samples] (Å), the largest Cα move per frame.
+        [frames, samples] (Å), the largest Cα move per frame, and ``expected_error`` [frames,
+        samples, residues] (Å), each residue's expected side-chain error (its confidence).
         """
         ca = self._ca_frames(plan.mapping, positions, box_vectors)
         if deterministic is None:
@@ -281,17 +282,19 @@ class Backmapper:
         segment = torch.as_tensor(plan.segment, device=self.device)
         pairs = torch.as_tensor(np.asarray(plan.disulfides, dtype=np.int64).reshape(-1, 2), device=self.device)
         steps = self.steps or SAMPLING_STEPS
-        out, shifts = [], []
+        out, shifts, errors = [], [], []
         with self._lock, torch.no_grad():
             for start in range(0, ca.shape[0], frames_per_call):
                 chunk = torch.as_tensor(ca[start:start + frames_per_call], dtype=torch.float32, device=self.device)
                 frame_seeds = torch.as_tensor(seeds[start:start + frames_per_call], device=self.device)
-                atoms, _, shift = self.module(chunk, restype, segment, pairs, frame_seeds, steps, int(n_samples),
-                                              bool(deterministic), bool(keep_ca))
+                atoms, _, shift, error = self.module(chunk, restype, segment, pairs, frame_seeds, steps,
+                                                     int(n_samples), bool(deterministic), bool(keep_ca))
                 out.append(plan.layout.positions_from_slots(atoms.cpu().numpy()))
                 shifts.append(shift.cpu().numpy())
+                errors.append(error.cpu().numpy())
         if info is not None:
             info["ca_shift"] = np.concatenate(shifts, axis=0)
+            info["expected_error"] = np.concatenate(errors, axis=0)
         result = np.concatenate(out, axis=0)
         if not np.isfinite(result).all():
             raise FloatingPointError("the model produced non-finite coordinates")

@@ -43,7 +43,8 @@ def model_card(config: LDBConfig, extra: dict | None = None, settings: dict | No
                    "steps": "int (diffusion samples)", "samples": "int", "deterministic": "bool",
                    "keep_ca": "bool (true: Cα exactly as given, bonds may stretch)"},
         "outputs": {"atoms": "[B, S, N, NUM_SLOTS, 3] float32 Å", "atom_mask": "[N, NUM_SLOTS] float32",
-                    "ca_shift": "[B, S] float32 Å, largest Cα move of each frame"},
+                    "ca_shift": "[B, S] float32 Å, largest Cα move of each frame",
+                    "expected_error": "[B, S, N] float32 Å, each residue's expected side-chain error"},
         "sampler_settings": dict(settings or {}),
     }
     card.update(extra or {})

@@ -98,7 +98,7 @@ def validate(model: LDBModel, chains: list[dict], max_chains: int = 24, steps: i
         out = model.losses(batch, train_diffusion=False)
         w = float(batch["present"].sum())
         recon += float(out["rmsd"]) ** 2 * w
-        atoms, mask, _ = sampler(batch["ca"], batch["restype"][0], batch["segment"][0],
+        atoms, mask, _, _ = sampler(batch["ca"], batch["restype"][0], batch["segment"][0],
                                  torch.zeros(0, 2, dtype=torch.long, device=device),
                                  torch.zeros(1, dtype=torch.long, device=device), steps, 1, True, True)
         pred = atoms[:, 0, :, : batch["atoms"].shape[2]]
@@ -219,11 +219,11 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
 
 
 def noisy_ca(batch: dict, rng: random.Random, gen: torch.Generator, max_noise: float = 0.35) -> torch.Tensor:
-    """Cα as CG simulations give them: per chain no noise (a quarter of chains) or Gaussian
+    """Cα as CG simulations give them: per chain no noise (half of the chains) or Gaussian
     noise of 0.05–``max_noise`` Å, which also stretches and compresses Cα–Cα as soft CG bonds do."""
     ca = batch["atoms"][:, :, 1].clone()
     for b in range(ca.shape[0]):
-        if rng.random() < 0.25:
+        if rng.random() < 0.5:
             continue
         sigma = rng.uniform(0.05, max_noise)
         ca[b] += sigma * torch.randn(ca[b].shape, generator=gen) * batch["mask"][b].unsqueeze(-1)
@@ -231,9 +231,9 @@ def noisy_ca(batch: dict, rng: random.Random, gen: torch.Generator, max_noise: f
 
 
 def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None = None, batch_chains: int = 8,
-                crop: int = 128, lr: float = 5e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
-                val_every: int = 500, threads: int | None = None, max_steps: int | None = None,
-                max_noise: float = 0.35, chains: list | None = None, val: list | None = None,
+                crop: int = 128, lr: float = 1e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
+                val_every: int = 250, threads: int | None = None, max_steps: int | None = None,
+                max_noise: float = 0.3, chains: list | None = None, val: list | None = None,
                 progress: bool = False, device=None) -> str:
     # (``dataset`` is ignored when ``chains`` are given)
     """Train the one-pass best guess end to end on atoms; resumable, accumulates across sessions.
@@ -261,9 +261,15 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     step, cpu_before, wall_before = 0, 0.0, 0.0
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=False)
-        model = LDBModel(LDBConfig(**ck["config"]))
-        model.load_state_dict(ck["model"])
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = LDBModel(LDBConfig(**ck["config"]))
+        missing, _ = model.load_state_dict(ck["model"], strict=False)
+        if any("error_head" not in k for k in missing):
+            raise ValueError(f"{ckpt_path}: checkpoint lacks {missing[:3]}")
         opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
+        if missing:  # a checkpoint from before the confidence head: the optimizer starts afresh
+            ck["optimizer"] = opt.state_dict()
         opt.load_state_dict(ck["optimizer"])
         step, cpu_before, wall_before = ck["step"], ck.get("cpu_seconds", 0.0), ck.get("elapsed", 0.0)
         rng.setstate(ck["rng_python"])
@@ -321,6 +327,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                             "loss": round(float(outd["loss"]), 4), "angle": round(float(outd["angle"]), 4),
                             "coord": round(float(outd["coord"]), 4), "rmsd": round(float(outd["rmsd"]), 3),
                             "clash": round(float(outd["clash"]), 4), "ring": round(float(outd["ring"]), 4),
+                            "error_head": round(float(outd["error_head"]), 4),
                             "sec_per_step": round((now - last) / log_every, 3),
                             "wall_min_total": round((wall_before + now - t0) / 60, 2),
                             "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})

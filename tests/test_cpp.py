@@ -96,7 +96,7 @@ def write_reference(model_path: Path, out: Path) -> list[dict]:
         ca = torch.as_tensor(c["ca"] * 10.0, dtype=torch.float32)[None]
         pairs = torch.as_tensor(np.asarray(c.get("disulfides", []), dtype=np.int64).reshape(-1, 2))
         with torch.no_grad():
-            atoms, mask, _ = module(ca, torch.as_tensor(c["restype"]), torch.as_tensor(c["segment"]), pairs,
+            atoms, mask, _, _ = module(ca, torch.as_tensor(c["restype"]), torch.as_tensor(c["segment"]), pairs,
                                     torch.tensor([c["seed"]]), c["steps"], c["samples"], c["deterministic"], False)
         c["atoms"], c["mask"] = atoms[0].numpy(), mask.numpy()
         n, slots = mask.shape

@@ -41,7 +41,7 @@ def _cys_pair(ca, restype):
     module, _ = load_model(default_model_path())
     n = len(restype)
     with torch.no_grad():
-        atoms, _, _ = module(ca, restype, torch.zeros(n, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long),
+        atoms, _, _, _ = module(ca, restype, torch.zeros(n, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long),
                              torch.zeros(1, dtype=torch.long), 1, 1, True, False)
     cb = atoms[0, 0, :, 4]
     d = torch.cdist(cb, cb)
@@ -79,10 +79,11 @@ def test_python_and_torchscript_are_one_function(go):
     seeds = torch.tensor([11])
     with torch.no_grad():
         for deterministic, samples in ((True, 1), (False, 2)):
-            a, m, s = py(ca, restype, segment, pairs, seeds, 4, samples, deterministic, False)
-            b, m2, s2 = ts(ca, restype, segment, pairs, seeds, 4, samples, deterministic, False)
+            a, m, s, e = py(ca, restype, segment, pairs, seeds, 4, samples, deterministic, False)
+            b, m2, s2, e2 = ts(ca, restype, segment, pairs, seeds, 4, samples, deterministic, False)
             assert torch.equal(m, m2)
             assert float((a - b).abs().max()) < 1e-3, (deterministic, float((a - b).abs().max()))
+            assert float((e - e2).abs().max()) < 1e-3 and e.shape == (1, samples, len(restype))
     i, j = pairs[0]
     assert float((a[0, :, i, SG] - a[0, :, j, SG]).norm(dim=-1).max()) < 2.2  # the S–S bond is closed
 
@@ -141,7 +142,7 @@ def test_soft_cg_trace_gives_valid_chemistry(backmapper):
     ca_t = torch.as_tensor(ca, dtype=torch.float32)
     module = backmapper.module
     with torch.no_grad():
-        atoms, mask, _ = module(ca_t, torch.as_tensor(restype), torch.as_tensor(plan.segment),
+        atoms, mask, _, _ = module(ca_t, torch.as_tensor(restype), torch.as_tensor(plan.segment),
                                 torch.zeros(0, 2, dtype=torch.long), torch.zeros(len(frames), dtype=torch.long),
                                 1, 1, True, False)
     atoms, mask = atoms[:, 0, :, :15].numpy(), mask[:, :15].numpy()
@@ -178,7 +179,7 @@ def test_prolines_closed_and_mapping_kept():
     ca = torch.stack([2.3 * torch.cos(t * 1.745), 2.3 * torch.sin(t * 1.745), 1.5 * t], -1)[None]
     ca = ca + 0.3 * torch.randn(ca.shape, generator=gen)
     with torch.no_grad():
-        atoms, mask, _ = module(ca, restype, torch.zeros(n, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long),
+        atoms, mask, _, _ = module(ca, restype, torch.zeros(n, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long),
                                 torch.zeros(1, dtype=torch.long), 1, 1, True, False)
     pro = restype == rc.RESTYPE_INDEX["PRO"]
     ring = (atoms[0, 0, pro, PRO_CD] - atoms[0, 0, pro, 0]).norm(dim=-1)

@@ -268,7 +268,7 @@ BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const 
     }
     torch::Tensor seeds = torch::full({1}, seed, torch::kInt64);
 
-    torch::Tensor atoms, mask, shift;
+    torch::Tensor atoms, mask, shift, error;
     {
         std::lock_guard<std::mutex> lock(impl_->mutex);
         c10::InferenceMode guard;
@@ -278,6 +278,7 @@ BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const 
         atoms = out->elements()[0].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
         mask = out->elements()[1].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
         shift = out->elements()[2].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
+        error = out->elements()[3].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
     }
     if (atoms.dim() != 5 || atoms.size(0) != 1 || atoms.size(1) != samples || atoms.size(2) != n || atoms.size(4) != 3)
         throw std::runtime_error("backmap: unexpected model output shape");
@@ -290,6 +291,7 @@ BackmapResult Backmapper::backmap(const std::vector<OpenMM::Vec3>& ca_nm, const 
     r.slot_positions_angstrom.assign(atoms.data_ptr<float>(), atoms.data_ptr<float>() + atoms.numel());
     r.mask.assign(mask.data_ptr<float>(), mask.data_ptr<float>() + mask.numel());
     r.ca_shift.assign(shift.data_ptr<float>(), shift.data_ptr<float>() + shift.numel());
+    r.expected_error.assign(error.data_ptr<float>(), error.data_ptr<float>() + error.numel());
     for (int i = 0; i < n; ++i) {
         const auto& names = impl_->slots[restype[i]];
         const bool seg_start = i == 0 || segment[i - 1] != segment[i];

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import nn
 
@@ -14,8 +16,18 @@ class Decoder(nn.Module):
         super().__init__()
         self.trunk = GraphTrunk(hidden, layers, extra_in=latent_dim)
         self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 2 * geo.NUM_ANGLES))
+        # expected side-chain error (Å) of each residue: the per-residue confidence
+        self.error_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, zq) -> torch.Tensor:
         h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq)
         raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
         return geo.normalize(raw)
+
+    @torch.jit.export
+    def angles_and_error(self, node, edge, rel, idx, valid, restype, mask, zq) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The angles and the expected side-chain error [B, N] (Å, >= 0) of each residue."""
+        h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq)
+        raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
+        err = torch.nn.functional.softplus(self.error_head(h).squeeze(-1))
+        return geo.normalize(raw), err

@@ -79,16 +79,26 @@ class LDBModel(nn.Module):
         true_full[:, :, : atoms.shape[2]] = atoms
         angles, angle_mask = self._true_angles(true_full, restype, segment)
         angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
-        pred = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype, mask,
-                                                                  self.latent_mean, self.latent_std)
+        pred, err = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype, mask,
+                                                                       self.latent_mean, self.latent_std)
         out: Dict[str, torch.Tensor] = {}
         out["angle"] = angle_loss(pred, angles, angle_mask, restype, self.tables)
         out["coord"], out["rmsd"], built = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
+        # the confidence head learns each residue's side-chain RMSD (atoms beyond CB)
+        sc = present.clone()
+        sc[:, :, :5] = 0.0
+        sc = sc * mask.unsqueeze(-1)
+        d2 = _swapped_sq_error(built.detach(), true_full[:, :, : present.shape[2]], sc, restype, self.tables)
+        cnt = sc.sum(-1)
+        has = (cnt > 0).to(err.dtype)
+        true_err = torch.sqrt(d2 / cnt.clamp(min=1.0) + 1e-6)
+        out["error_head"] = (torch.nn.functional.smooth_l1_loss(err, true_err, reduction="none") * has).sum() / \
+            has.sum().clamp(min=1.0)
         out["clash"] = clash_loss(built, restype, idx, valid, mask, self.tables)
         out["ring"] = proline_ring_loss(built, restype, mask)
         c = self.config
         out["loss"] = c.angle_weight * out["angle"] + c.coord_weight * out["coord"] + \
-            c.clash_weight * out["clash"] + c.ring_weight * out["ring"]
+            c.clash_weight * out["clash"] + c.ring_weight * out["ring"] + 0.1 * out["error_head"]
         return out
 
     # ---------------------------------------------------------------- training
@@ -217,12 +227,13 @@ class BestGuess(nn.Module):
         self.decoder = decoder
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
-                latent_std: torch.Tensor) -> torch.Tensor:
+                latent_std: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Angles [B, N, NUM_ANGLES, 2] and expected side-chain error [B, N] (Å)."""
         shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
         z = torch.zeros(shape, device=node.device, dtype=node.dtype)
         t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
         latent = self.denoiser(node, edge, rel, idx, valid, restype, mask, z, t) * latent_std + latent_mean
-        return self.decoder(node, edge, rel, idx, valid, restype, mask, latent)
+        return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask, latent)
 
 
 def clash_loss(built: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
@@ -257,6 +268,19 @@ def proline_ring_loss(built: torch.Tensor, restype: torch.Tensor, mask: torch.Te
     cd = rc.slot_names("PRO").index("CD")
     d = torch.sqrt(((built[:, :, cd] - built[:, :, 0]) ** 2).sum(-1) + 1e-6)
     return (((d - bond) ** 2) * pro).sum() / pro.sum().clamp(min=1.0)
+
+
+def _swapped_sq_error(built: torch.Tensor, true: torch.Tensor, w: torch.Tensor, restype: torch.Tensor,
+                      tables: geo.GeometryTables) -> torch.Tensor:
+    """Per-residue sum of squared atom errors [B, N] over weights ``w``, symmetric atoms swapped
+    where that is closer."""
+    s = w.shape[2]
+    d2 = (((built[:, :, :s] - true) ** 2).sum(-1) * w).sum(-1)
+    perm = tables.symmetric_swap[restype][:, :, :s]
+    true_sw = torch.gather(true, 2, perm.unsqueeze(-1).expand(-1, -1, -1, 3))
+    w_sw = torch.gather(w, 2, perm)
+    d2_sw = (((built[:, :, :s] - true_sw) ** 2).sum(-1) * w_sw).sum(-1)
+    return torch.minimum(d2, d2_sw)
 
 
 def _pad_slots(present: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,8 @@ class Sampler(nn.Module):
 
     ``forward(ca [B, N, 3] Å, restype [N], segment [N], disulfides [P, 2], seeds [B], steps,
     samples, deterministic, keep_ca)`` returns ``(atoms [B, S, N, NUM_SLOTS, 3] Å,
-    atom_mask [N, NUM_SLOTS], ca_shift [B, S] Å)``.  Frame b's atoms depend only on its Cα and
+    atom_mask [N, NUM_SLOTS], ca_shift [B, S] Å, expected_error [B, S, N] Å)``: the last is each
+    residue's expected side-chain error (the best-guess network's confidence head).  Frame b's atoms depend only on its Cα and
     ``seeds[b]`` (and not at all on the seed in deterministic mode), whatever the batch.
     """
 
@@ -205,7 +206,7 @@ class Sampler(nn.Module):
 
     def forward(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
                 seeds: torch.Tensor, steps: int = 10, samples: int = 1, deterministic: bool = True,
-                keep_ca: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                keep_ca: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         bsz, n = ca.shape[0], ca.shape[1]
         m = bsz * samples
         given = ca.unsqueeze(1).expand(bsz, samples, n, 3).reshape(m, n, 3)
@@ -216,9 +217,10 @@ class Sampler(nn.Module):
         mask = torch.ones(m, n, device=ca.device, dtype=ca.dtype)
         node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
         rt = restype.unsqueeze(0).expand(m, n)
-        if deterministic:
-            angles = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean, self.latent_std)
-        else:
+        # per-residue confidence: the expected side-chain error (Å) from the best-guess network
+        angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
+                                                 self.latent_std)
+        if not deterministic:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         angles = self.close_prolines(atoms, restype, angles)
@@ -229,7 +231,8 @@ class Sampler(nn.Module):
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
-        return atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples)
+        return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
+                expected_error.view(bsz, samples, n))
 
     # ------------------------------------------------------------------ latents
     def diffusion_angles(self, node, edge, rel, idx, valid, rt, mask, seeds: torch.Tensor, steps: int,

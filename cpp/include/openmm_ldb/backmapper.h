@@ -45,6 +45,8 @@ struct BackmapResult {
     // Largest Calpha move per sample (Angstrom): the exported function moves Calpha only where the
     // trace cannot carry ideal peptide geometry (0 for native-like traces, always 0 with keep_ca).
     std::vector<float> ca_shift;
+    // Expected side-chain error of each residue (Angstrom), [S, N]: the per-residue confidence.
+    std::vector<float> expected_error;
 };
 
 // A disulfide bond between two CYS residues (0-based residue indices).
