@@ -14,7 +14,7 @@ from docutils.parsers.rst import Directive, directives
 DOCS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(DOCS))
 
-import openmm_ldb
+import openmm_ldb  # noqa: E402 - after sys.path is set
 
 project = "openmm-ldb"
 author = "openmm-ldb developers"

@@ -136,6 +136,7 @@ def test_soft_cg_trace_gives_valid_chemistry(backmapper):
     assert d.std() > 0.15, "the test trace should be soft (CG-like Cα–Cα spread)"
     info = {}
     out = backmapper.sample(plan, frames, 1, deterministic=True, info=info)
+    assert out.shape[:2] == (len(frames), 1)
     assert info["ca_shift"].shape == (len(frames), 1) and info["ca_shift"].max() > 0.01
     assert info["ca_shift"].max() < 1.0
     restype = plan.mapping.restype
@@ -160,7 +161,7 @@ def test_soft_cg_trace_gives_valid_chemistry(backmapper):
 def test_native_trace_is_not_moved(backmapper, go):
     plan = backmapper.plan(go.topology, go.native_positions, hydrogens=False)
     info = {}
-    out = backmapper.sample(plan, go.native_positions, 1, deterministic=True, info=info)
+    out = backmapper.sample(plan, go.native_positions, 1, deterministic=True, info=info)  # [1, 1, atoms, 3]
     assert info["ca_shift"].max() <= 1e-3
     ca_atoms = [a.index for a in plan.topology.atoms() if a.name == "CA"]
     native = np.asarray(go.native_positions.value_in_unit(unit.nanometer)) * 10.0

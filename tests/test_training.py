@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_ldb import data
 from openmm_ldb.export import export_model, load_model
 from openmm_ldb.training import train
 

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-import math
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import nn

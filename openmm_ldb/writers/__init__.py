@@ -6,7 +6,7 @@ chain ids and residue numbers of the CG topology)."""
 from .common import (
     SUPPORTED_EXTENSIONS,
     FrameFile,
-    _format_of,
+    _format_of,  # noqa: F401 - used by reporter.py
     default_topology_path,
     ids_writable,
     pdb_named_topology,
