@@ -257,7 +257,7 @@ class Backmapper:
     # ------------------------------------------------------------------ sampling
     def sample(self, plan: BackmapPlan, positions, n_samples: int = 1, seed: int | None = None,
                deterministic: bool | None = None, box_vectors=None, seeds=None, keep_ca: bool = False,
-               info: dict | None = None) -> np.ndarray:
+               info: dict | None = None, stream_state: dict | None = None) -> np.ndarray:
         """All-atom positions [frames, samples, n_atoms, 3] in Å for CG ``positions``.
 
         Frame f is sampled with ``seeds[f]`` (default ``seed + f``): the same frame and seed give
@@ -265,6 +265,10 @@ class Backmapper:
         then stretch on infeasible CG traces).  A dict passed as ``info`` receives ``ca_shift``
         [frames, samples] (Å), the largest Cα move per frame, and ``expected_error`` [frames,
         samples, residues] (Å), each residue's expected side-chain error (its confidence).
+
+        ``stream_state`` (a dict the caller keeps, empty at the start of a trajectory) makes the
+        best guess coherent in time: the frames are taken as consecutive, and residues whose
+        neighbourhood barely moved keep the previous frame's rotamers (the model's ``stream``).
         """
         ca = self._ca_frames(plan.mapping, positions, box_vectors)
         if deterministic is None:
@@ -283,12 +287,20 @@ class Backmapper:
         pairs = torch.as_tensor(np.asarray(plan.disulfides, dtype=np.int64).reshape(-1, 2), device=self.device)
         steps = self.steps or SAMPLING_STEPS
         out, shifts, errors = [], [], []
+        coherent = stream_state is not None and deterministic and n_samples == 1
         with self._lock, torch.no_grad():
             for start in range(0, ca.shape[0], frames_per_call):
                 chunk = torch.as_tensor(ca[start:start + frames_per_call], dtype=torch.float32, device=self.device)
                 frame_seeds = torch.as_tensor(seeds[start:start + frames_per_call], device=self.device)
-                atoms, _, shift, error = self.module(chunk, restype, segment, pairs, frame_seeds, steps,
-                                                     int(n_samples), bool(deterministic), bool(keep_ca))
+                if coherent:
+                    prior_ca = stream_state.get("ca", torch.zeros(n, 3, device=self.device))
+                    prior_chi = stream_state.get("chi", torch.zeros(n, 4, 2, device=self.device))
+                    atoms, _, shift, error, last_ca, last_chi = self.module.stream(
+                        chunk, restype, segment, pairs, prior_ca, prior_chi, "ca" in stream_state, bool(keep_ca))
+                    stream_state["ca"], stream_state["chi"] = last_ca, last_chi
+                else:
+                    atoms, _, shift, error = self.module(chunk, restype, segment, pairs, frame_seeds, steps,
+                                                         int(n_samples), bool(deterministic), bool(keep_ca))
                 out.append(plan.layout.positions_from_slots(atoms.cpu().numpy()))
                 shifts.append(shift.cpu().numpy())
                 errors.append(error.cpu().numpy())
