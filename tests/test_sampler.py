@@ -186,3 +186,21 @@ def test_prolines_closed_and_mapping_kept():
     ring = (atoms[0, 0, pro, PRO_CD] - atoms[0, 0, pro, 0]).norm(dim=-1)
     assert float(ring.max()) < 1.6, ring
     assert isinstance(CGMapping, type) and tables.num_groups == rc.MAX_CHI + 2
+
+
+def test_coherent_stream_keeps_rotamers(backmapper, go):
+    """Frames that barely move: the stream keeps the first frame's rotamers (the first frame is the
+    per-frame best guess), where per-frame backmapping may flip them."""
+    plan = backmapper.plan(go.topology, go.native_positions, hydrogens=False)
+    native = np.asarray(go.native_positions.value_in_unit(unit.nanometer))
+    frames = native[None] + np.random.default_rng(1).normal(0, 0.01, (6,) + native.shape)
+    state = {}
+    stream = np.concatenate([backmapper.sample(plan, frames[f:f + 1], 1, deterministic=True, stream_state=state)
+                             for f in range(len(frames))])
+    single = backmapper.sample(plan, frames, 1, deterministic=True)
+    assert np.abs(stream[0] - single[0]).max() < 1e-3
+    assert set(state) == {"ca", "chi"}
+    moved_stream = np.abs(stream[1:, 0] - stream[:-1, 0]).max(-1)
+    moved_single = np.abs(single[1:, 0] - single[:-1, 0]).max(-1)
+    jumps_stream, jumps_single = int((moved_stream > 1.0).sum()), int((moved_single > 1.0).sum())
+    assert jumps_stream <= 0.5 * jumps_single, (jumps_stream, jumps_single)
