@@ -282,3 +282,25 @@ def test_backmapper_object_is_handed_to_the_worker(backmapper, tmp_path):
     assert list(step) == [50, 100]
     expected = backmapper.sample(rep.plan, cg_xyz)[0, 0] / 10.0
     assert np.abs(xyz[-1] - expected).max() < 2e-3  # XTC precision (nm)
+
+
+@pytest.mark.slow
+def test_worker_finishes_the_spool_when_the_simulation_process_dies(tiny_model, tmp_path):
+    """SIGKILL of the simulation's process only: the worker sees its stdin close, writes every
+    frame left in the spool and removes it; nothing to recover."""
+    script = _script(tmp_path, tiny_model, "sim.step(10**9)\n", delay=0.3)
+    proc, worker, accepted = _run_until(script, 12)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    t0 = time.time()
+    while True:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() - t0 < 180, "the worker did not finish"
+        time.sleep(0.1)
+    out = str(tmp_path / "aa.xtc")
+    assert not os.path.exists(out + SPOOL_SUFFIX)
+    steps = _steps(out, str(tmp_path / "aa.pdb"))
+    assert len(steps) >= accepted and steps == list(range(10, 10 * len(steps) + 1, 10))

@@ -91,12 +91,16 @@ def main():
                   f"alternating pairs, a fresh process per run; OpenMM CPU platform, {rep['openmm_threads']} "
                   f"thread(s); {rep['ldb_defaults']}; model: {rep['model']}. "
                   "Ratios are medians of the per-pair ratios.", ""]
-        lines.append(_table(["system", "interval", "beside", "frames", "step() ratio", "whole-run ratio",
-                             "frames written", "queued when step() returned", "worker peak (MiB)"],
+        lines.append(_table(["system", "interval", "beside", "frames", "step() ratio", "step() CPU ratio",
+                             "whole-run ratio",
+                             "frames written", "queued when step() returned", "worker peak (MiB)",
+                             "load average"],
                             [[r["description"], r["interval"], "busy process" if r["busy_process"] else "idle",
-                              r["frames"], _fmt(r["step_ratio"], 3), _fmt(r["total_ratio"], 3),
+                              r["frames"], _fmt(r["step_ratio"], 3), _fmt(r.get("step_cpu_ratio"), 3),
+                              _fmt(r["total_ratio"], 3),
                               "all" if r["all_frames_written"] else str(r["frames_written"]),
-                              _fmt(r["frames_queued_when_step_returned"], 0), _fmt(r["worker_peak_mib"], 0)]
+                              _fmt(r["frames_queued_when_step_returned"], 0), _fmt(r["worker_peak_mib"], 0),
+                              _fmt(r.get("load_average_median"), 1)]
                              for r in rep["results"]]))
         lines += ["Command: ``python benchmarks/reporter_overhead.py --busy`` (see :doc:`reporter`).", ""]
         notes = [r["note"] for r in rep["results"] if r.get("note")]
