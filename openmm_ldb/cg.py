@@ -79,12 +79,6 @@ RESIDUE_PARAMETERS: dict[str, tuple[str, float, float, float, float]] = {
 }
 
 _THREE_TO_ONE = {v[0]: k for k, v in RESIDUE_PARAMETERS.items()}
-# Protonation / force-field variants and selenomethionine, mapped to the standard residue name.
-_RESIDUE_ALIASES = {
-    "HID": "HIS", "HIE": "HIS", "HIP": "HIS", "HSD": "HIS", "HSE": "HIS", "HSP": "HIS", "HISD": "HIS",
-    "HISE": "HIS", "HISH": "HIS", "HIS1": "HIS", "HIS2": "HIS", "CYX": "CYS", "CYM": "CYS", "CYS2": "CYS",
-    "ASH": "ASP", "GLH": "GLU", "LYN": "LYS", "ARN": "ARG", "MSE": "MET",
-}
 _CHARGES = {"K": 1.0, "R": 1.0, "D": -1.0, "E": -1.0}
 
 _ONE_4PI_EPS0 = 138.935456  # kJ mol^-1 nm e^-2
@@ -110,9 +104,14 @@ def demo_structure_path() -> Path:
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
 def _standard_name(name: str) -> str | None:
-    """Standard three-letter name for a residue name, or None when it is not a standard amino acid."""
-    name = name.strip().upper()
-    name = _RESIDUE_ALIASES.get(name, name)
+    """Standard three-letter name for a residue name (any alias of the chemistry table: protonation
+    variants, MSE, engines' terminal names), or None when it is not a standard amino acid."""
+    from . import residues as rc
+
+    try:
+        name = rc.canonical_residue_name(name.strip().upper())
+    except KeyError:
+        return None
     return name if name in _THREE_TO_ONE else None
 
 

@@ -41,6 +41,9 @@ DEFAULT_SETTINGS = {
     "hydrogen_rounds": 2,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 0.5,
+    # 0: the best guess is one pass of its own network; k > 0: k DDIM steps of the diffusion
+    # denoiser from zero noise, the continuous latent decoded (v0.1's best guess)
+    "guess_ddim_steps": 0,
     "hydrogen_cutoff": 2.2,
     # (chi1, chi2) rotations tried for every side chain, degrees; the first is the decoder's own.
     # Small turns first: measured on validation chains they remove as many clashes as 120-degree
@@ -197,6 +200,7 @@ class Sampler(nn.Module):
         self.register_buffer("rotor_step", torch.as_tensor(steps))           # [R, 2] radians, 0 = none
         self.hydrogen_rounds = int(s["hydrogen_rounds"])
         self.stream_gate = float(s["stream_gate"])
+        self.guess_ddim_steps = int(s["guess_ddim_steps"])
         self.hydrogen_cutoff = float(s["hydrogen_cutoff"])
         self.sg_slot = rc.slot_names("CYS").index("SG")
         self.bond_sg_sg = float(rc.BOND_SG_SG)
@@ -224,7 +228,10 @@ class Sampler(nn.Module):
         angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
                                                  self.latent_std)
         if not deterministic:
-            angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples)
+            angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples, False)
+        elif self.guess_ddim_steps > 0:
+            angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, self.guess_ddim_steps,
+                                           samples, True)
         atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, idx)
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
@@ -288,15 +295,19 @@ class Sampler(nn.Module):
 
     # ------------------------------------------------------------------ latents
     def diffusion_angles(self, node, edge, rel, idx, valid, rt, mask, seeds: torch.Tensor, steps: int,
-                         samples: int) -> torch.Tensor:
+                         samples: int, mean: bool) -> torch.Tensor:
         """DDIM over the latents from noise seeded per frame (``seeds[b]``, stream = sample index),
-        snapped to the nearest code and decoded."""
+        snapped to the nearest code and decoded; with ``mean``, from zero noise, the continuous
+        latent decoded (a deterministic best guess)."""
         m, n = node.shape[0], node.shape[1]
-        noise: List[torch.Tensor] = []
-        for b in range(seeds.shape[0]):
-            for s in range(samples):
-                noise.append(hash_normal([n, self.latent_dim], int(seeds[b]), s, node.device))
-        z = torch.stack(noise, 0).to(node.dtype)
+        if mean:
+            z = torch.zeros(m, n, self.latent_dim, device=node.device, dtype=node.dtype)
+        else:
+            noise: List[torch.Tensor] = []
+            for b in range(seeds.shape[0]):
+                for s in range(samples):
+                    noise.append(hash_normal([n, self.latent_dim], int(seeds[b]), s, node.device))
+            z = torch.stack(noise, 0).to(node.dtype)
         steps = max(int(steps), 1)
         for k in range(steps):
             t_now = 1.0 - k / steps
@@ -311,6 +322,8 @@ class Sampler(nn.Module):
                 eps = (z - torch.sqrt(ab_now) * x0) / torch.sqrt(1.0 - ab_now)
                 z = torch.sqrt(ab_next) * x0 + torch.sqrt(1.0 - ab_next) * eps
         latent = z * self.latent_std + self.latent_mean
+        if mean:
+            return self.decoder(node, edge, rel, idx, valid, rt, mask, latent)
         zq = self.quantizer.lookup(self.quantizer.nearest(latent))
         return self.decoder(node, edge, rel, idx, valid, rt, mask, zq)
 
