@@ -516,7 +516,7 @@ def heavy_atom_rmsd_to_reference(pred, ref) -> float:
         out = []
         for res in traj.topology.residues:
             try:
-                name = rc.canonical_residue_name(res.name if res.name != "MSE" else "MET")
+                name = rc.canonical_residue_name(res.name)
             except KeyError:
                 continue
             atoms = {}
