@@ -90,15 +90,17 @@ def model_from_exported(path: str | None = None, module=None, card: dict | None 
     return model.eval(), card
 
 
-def export_model(model: LDBModel | str, path: str, card_extra: dict | None = None, fmt: str | None = None) -> str:
+def export_model(model: LDBModel | str, path: str, card_extra: dict | None = None, fmt: str | None = None,
+                 settings: dict | None = None) -> str:
     """Write the sampler of ``model`` (or of a training checkpoint path) to ``path``.
 
-    ``fmt`` is ``'torchscript'`` (``.pt``).  The torch.export (``.pt2``) format of version 1 is
+    ``fmt`` is ``'torchscript'`` (``.pt``); ``settings`` override the sampler's defaults
+    (``model.sampler.DEFAULT_SETTINGS``) and travel in the card.  The torch.export (``.pt2``) format of version 1 is
     not available for this version's function (see docs/cpp.md).
     """
     if isinstance(model, str):
         model = load_checkpoint(model) if not _is_exported(model) else model_from_exported(model)[0]
-    sampler = Sampler(model).eval()
+    sampler = Sampler(model, settings).eval()
     card = model_card(model.config, card_extra, sampler.settings())
     fmt = fmt or ("pt2" if path.endswith(".pt2") else "torchscript")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
