@@ -12,7 +12,6 @@ OpenMM's threads.  See ``benchmarks/reporter_overhead.py`` for the measurements.
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import os
 import subprocess
@@ -141,7 +140,6 @@ class LDBReporter(BackmapReporterBase):
         self._warnAt = max(1, int(warnBacklog))
         self._closed = False
         self._accepted = 0
-        self._pendingSteps = collections.deque()  # steps of frames accepted and not yet written
         self._lastStep = None
         self._errorRaised = None
         self._t0 = None
@@ -217,13 +215,13 @@ class LDBReporter(BackmapReporterBase):
 
     @property
     def stepsBehind(self):
-        """Simulation steps between the newest frame written and the newest accepted (0 when caught up)."""
-        queued = self.framesQueued
-        while len(self._pendingSteps) > queued:
-            self._pendingSteps.popleft()
-        if not self._pendingSteps:
+        """Simulation steps the written trajectory lags behind the newest accepted frame (0 when
+        every frame is written; one interval when one frame waits)."""
+        written = self.framesWritten
+        if self._spool is None or written >= self._accepted:
             return 0
-        return self._lastStep - self._pendingSteps[0] + self._reportInterval
+        oldest = self._spool.step_of(written)  # the oldest frame not yet written
+        return 0 if oldest is None else self._lastStep - oldest + self._reportInterval
 
     @property
     def workerState(self):
@@ -277,7 +275,6 @@ class LDBReporter(BackmapReporterBase):
         self._spool.append(step, state.getTime().value_in_unit(unit.picosecond), positions, box)
         self._accepted += 1
         self._lastStep = step
-        self._pendingSteps.append(step)
         self._checkWorker()
         queued = self._accepted - int(self._spool.status[sp.S_WRITTEN])
         if queued >= self._warnAt:

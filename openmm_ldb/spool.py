@@ -80,6 +80,7 @@ class Spool:
         self._status = None
         self._fd = None
         self._read_fd = None
+        self._punch_fd = None
         self._topology = None
         self._options = None
 
@@ -152,6 +153,29 @@ class Spool:
         self.topology  # noqa: B018 - sets the record size
         return size // self._record_size
 
+    def step_of(self, index: int) -> int | None:
+        """The step of frame ``index`` (None if it is not in the spool)."""
+        if self._read_fd is None:
+            try:
+                self._read_fd = os.open(os.path.join(self.path, "frames.bin"), os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+        raw = os.pread(self._read_fd, 8, index * self._record_size)
+        return struct.unpack("<q", raw)[0] if len(raw) == 8 else None
+
+    def release(self, start: int, stop: int) -> None:
+        """Give the disk space of frames ``start`` to ``stop - 1`` back (they are written): the
+        file keeps its size and offsets, the blocks become a hole (Linux; elsewhere nothing)."""
+        offset = -(-start * self._record_size // 4096) * 4096  # whole blocks inside the range only
+        end = stop * self._record_size // 4096 * 4096
+        if end <= offset or _libc() is None:
+            return
+        if self._punch_fd is None:
+            self._punch_fd = os.open(os.path.join(self.path, "frames.bin"), os.O_RDWR)
+        import ctypes
+
+        _libc().fallocate(self._punch_fd, 0x01 | 0x02, ctypes.c_long(offset), ctypes.c_long(end - offset))
+
     def read(self, start: int, stop: int) -> list:
         """Frames ``start`` to ``stop - 1`` as :class:`CGFrame` (positions and box in nm)."""
         from .frames import CGFrame
@@ -208,9 +232,10 @@ class Spool:
 
     def close(self) -> None:
         self.close_writer()
-        if self._read_fd is not None:
-            os.close(self._read_fd)
-            self._read_fd = None
+        for name in ("_read_fd", "_punch_fd"):
+            if getattr(self, name) is not None:
+                os.close(getattr(self, name))
+                setattr(self, name, None)
         self._status = None
         if self._status_mm is not None:
             try:
@@ -222,6 +247,26 @@ class Spool:
     def remove(self) -> None:
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+_LIBC = []
+
+
+def _libc():
+    """libc with ``fallocate`` (to punch holes), or None."""
+    if not _LIBC:
+        lib = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                import ctypes.util
+
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+            except (OSError, AttributeError):
+                lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
 
 
 def _atomic_pickle(path: str, obj) -> None:
@@ -364,6 +409,7 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
         status[S_WRITTEN] = start
         status[S_STATE] = RUNNING
         batch = int(opts["batch_size"])
+        released = start
 
         def frames():
             k = start
@@ -391,6 +437,10 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
                 written += 1
                 status[S_WRITTEN] = frame.index + 1
                 status[S_PEAK_KB] = _peak_kb()
+                done = min(sink.done)
+                if done - released >= 8:  # the disk holds only the frames not yet written
+                    spool.release(released, done)
+                    released = done
         finally:
             sink.close()
         status[S_STATE] = FINISHED

@@ -304,3 +304,32 @@ def test_worker_finishes_the_spool_when_the_simulation_process_dies(tiny_model, 
     assert not os.path.exists(out + SPOOL_SUFFIX)
     steps = _steps(out, str(tmp_path / "aa.pdb"))
     assert len(steps) >= accepted and steps == list(range(10, 10 * len(steps) + 1, 10))
+
+
+def test_spool_records_and_released_space(tmp_path):
+    """Frames round-trip through the spool (float32 nm, box, step, time); written frames give
+    their disk space back while the file keeps its offsets."""
+    from openmm_ldb.spool import Spool
+
+    spool = Spool.create(str(tmp_path / "s.ldbspool"), {"output": "x.dcd"})
+    n = 1000
+    spool.write_topology({"n_particles": n, "periodic": True, "topology": None})
+    rng = np.random.default_rng(1)
+    frames = [rng.normal(size=(n, 3)) for _ in range(40)]
+    box = np.diag([5.0, 6.0, 7.0])
+    for k, x in enumerate(frames):
+        spool.append(100 * (k + 1), 0.5 * (k + 1), x, box)
+    reader = Spool(spool.path)
+    assert reader.count() == 40
+    got = reader.read(3, 5)
+    assert got[0].step == 400 and got[1].time == pytest.approx(2.5)
+    assert np.abs(got[0].positions - frames[3]).max() < 1e-6 and np.allclose(got[0].box, box)
+    path = os.path.join(spool.path, "frames.bin")
+    size, blocks = os.path.getsize(path), os.stat(path).st_blocks
+    reader.release(0, 30)
+    assert os.path.getsize(path) == size and reader.count() == 40
+    assert os.stat(path).st_blocks < blocks * 0.5  # the space of 30 of 40 frames is back
+    assert np.abs(reader.read(35, 36)[0].positions - frames[35]).max() < 1e-6
+    assert reader.step_of(39) == 4000
+    spool.remove()
+    assert not os.path.exists(spool.path)
