@@ -38,7 +38,8 @@ DEFAULT_SETTINGS = {
     "repack_fraction": 0.125,
     "proline_chi1_grid": 31,
     "disulfide_grid": 72,
-    "hydrogen_rounds": 2,
+    "hydrogen_rounds": 1,
+    "hydrogen_neighbours": 6,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 0.5,
     # 0: the best guess is one pass of its own network; k > 0: k DDIM steps of the diffusion
@@ -202,6 +203,7 @@ class Sampler(nn.Module):
         self.stream_gate = float(s["stream_gate"])
         self.guess_ddim_steps = int(s["guess_ddim_steps"])
         self.hydrogen_cutoff = float(s["hydrogen_cutoff"])
+        self.hydrogen_neighbours = int(s["hydrogen_neighbours"])
         self.sg_slot = rc.slot_names("CYS").index("SG")
         self.bond_sg_sg = float(rc.BOND_SG_SG)
         self.angle_cb_sg_sg = math.radians(104.0)
@@ -499,7 +501,7 @@ class Sampler(nn.Module):
         m, n, s = atoms.shape[0], atoms.shape[1], atoms.shape[2]
         rot = self.rotors[restype]                                            # [N, 2, 5]
         step = self.rotor_step[restype]                                       # [N, 2]
-        kk = min(8, n - 1)
+        kk = min(self.hydrogen_neighbours, n - 1)
         ctr_w = self.centre_weight[restype]
         heavy = atoms[:, :, :self.num_heavy]
         centre = (heavy * ctr_w.view(1, n, -1, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
@@ -512,9 +514,9 @@ class Sampler(nn.Module):
             q, p, h = sel[:, :, :, 0], sel[:, :, :, 1], sel[:, :, :, 2:]       # [M, N, 2, 3], .., [M, N, 2, 3, 3]
             axis = geo.normalize(p - q).unsqueeze(3)                           # [M, N, 2, 1, 3]
             v = h - p.unsqueeze(3)
-            others = gather_residues(atoms, nb)                                # [M, N, K, S, 3]
+            others = gather_residues(atoms, nb).reshape(m * n, kk * s, 3)     # neighbours' atoms
+            w_others = nb_mask.reshape(m * n, 1, kk * s)
             cands: List[torch.Tensor] = []
-            scores: List[torch.Tensor] = []
             for c in range(3):
                 sign = 0.0 if c == 0 else (1.0 if c == 1 else -1.0)
                 ang = (step * sign).view(1, n, 2, 1, 1)
@@ -522,14 +524,15 @@ class Sampler(nn.Module):
                 # Rodrigues: v cos + (k x v) sin + k (k.v)(1 - cos)
                 turned = v * cs + torch.cross(axis.expand_as(v), v, dim=-1) * sn + \
                     axis * (axis * v).sum(-1, keepdim=True) * (1.0 - cs)
-                hc = p.unsqueeze(3) + turned                                   # [M, N, 2, 3, 3]
-                d = torch.sqrt(((hc.view(m, n, 6, 1, 1, 3) - others.view(m, n, 1, kk, s, 3)) ** 2).sum(-1) + 1e-12)
-                w = nb_mask.view(m, n, 1, kk, s) * h_ok.view(1, n, 6, 1, 1)
-                e = (torch.relu(self.hydrogen_cutoff - d) ** 2 * w).sum((3, 4)).view(m, n, 2, 3).sum(-1)
-                cands.append(hc)
-                scores.append(e + (0.0 if c == 0 else 0.01))
-            best = torch.stack(scores, 0).argmin(0)                            # [M, N, 2]
-            new_h = torch.gather(torch.stack(cands, 0), 0, best.view(1, m, n, 2, 1, 1).expand(1, m, n, 2, 3, 3))[0]
+                cands.append(p.unsqueeze(3) + turned)                          # [M, N, 2, 3, 3]
+            hc = torch.stack(cands, 2)                                         # [M, N, 3, 2, 3, 3]
+            d = torch.cdist(hc.reshape(m * n, 18, 3), others)                  # [M*N, 18, K*S]
+            e = (torch.relu(self.hydrogen_cutoff - d) ** 2 * w_others).sum(-1).view(m, n, 3, 2, 3)
+            e = (e * h_ok.view(1, n, 1, 2, 3)).sum(-1)                         # [M, N, 3 turns, 2 rotors]
+            e = e + torch.tensor([0.0, 0.01, 0.01], device=atoms.device, dtype=atoms.dtype).view(1, 1, 3, 1)
+            best = e.argmin(2)                                                 # [M, N, 2]
+            cand_stack = hc.permute(2, 0, 1, 3, 4, 5)                          # [3, M, N, 2, 3, 3]
+            new_h = torch.gather(cand_stack, 0, best.view(1, m, n, 2, 1, 1).expand(1, m, n, 2, 3, 3))[0]
             write = (rot[:, :, 2:] >= 0) & (step > 0).unsqueeze(-1)            # [N, 2, 3]
             slots = rot[:, :, 2:].clamp(min=0)
             for g in range(2):
@@ -557,7 +560,9 @@ class Sampler(nn.Module):
                     other_w: torch.Tensor) -> torch.Tensor:
         """Soft repulsion [C, M, T] between side chains ``cand`` [C, M, T, A, 3] (weights ``own_w``
         [M, T, A]) and neighbour atoms ``other`` [M, T, K, B, 3] (weights ``other_w`` [M, T, K, B])."""
-        diff = cand.unsqueeze(3).unsqueeze(5) - other.unsqueeze(0).unsqueeze(4)   # [C, M, T, K, A, B, 3]
-        d = torch.sqrt((diff * diff).sum(-1) + 1e-12)
-        w = own_w.unsqueeze(0).unsqueeze(3).unsqueeze(5) * other_w.unsqueeze(0).unsqueeze(4)
-        return (torch.relu(self.repack_cutoff - d) ** 2 * w).sum((3, 4, 5))
+        c, m, t, a = cand.shape[0], cand.shape[1], cand.shape[2], cand.shape[3]
+        kb = other.shape[2] * other.shape[3]
+        # one distance matrix per (candidate, residue): A own atoms x K*B neighbour atoms
+        d = torch.cdist(cand.reshape(c, m * t, a, 3), other.reshape(1, m * t, kb, 3).expand(c, m * t, kb, 3))
+        w = own_w.reshape(1, m * t, a, 1) * other_w.reshape(1, m * t, 1, kb)
+        return (torch.relu(self.repack_cutoff - d) ** 2 * w).sum((2, 3)).view(c, m, t)
