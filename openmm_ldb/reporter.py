@@ -141,6 +141,7 @@ class LDBReporter(BackmapReporterBase):
         self._closed = False
         self._accepted = 0
         self._lastStep = None
+        self._periodic = None
         self._errorRaised = None
         self._t0 = None
         self._spoolPath = os.path.abspath(spool) if spool else sp.default_spool_path(self._file)
@@ -268,7 +269,9 @@ class LDBReporter(BackmapReporterBase):
         """
         if self._closed:
             raise RuntimeError("LDBReporter is closed")
-        positions, box = frame_from_state(simulation, state)
+        if self._periodic is None:
+            self._periodic = simulation.system.usesPeriodicBoundaryConditions()
+        positions, box = frame_from_state(simulation, state, self._periodic)
         if self._planInput is None:
             self._start(simulation, positions, box)
         step = int(simulation.currentStep)

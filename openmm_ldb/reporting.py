@@ -8,11 +8,14 @@ import numpy as np
 import openmm.unit as unit
 
 
-def frame_from_state(simulation, state):
-    """CG positions (nm, numpy) and, for periodic systems, box vectors (nm) of a State."""
+def frame_from_state(simulation, state, periodic=None):
+    """CG positions (nm, numpy) and, for periodic systems, box vectors (nm) of a State
+    (``periodic``: whether the System is periodic, when already known)."""
     positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     box = None
-    if simulation.system.usesPeriodicBoundaryConditions():
+    if periodic is None:
+        periodic = simulation.system.usesPeriodicBoundaryConditions()
+    if periodic:
         box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
     return np.asarray(positions), None if box is None else np.asarray(box)
 
