@@ -414,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--minimize", choices=["vacuum", "obc"], default=None,
                    help="score structures after a short restrained amber14 minimisation")
     v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--ca-noise", type=float, default=0.0,
+                   help="Gaussian noise (Å) added to the reference Cα, as CG traces carry")
     v.set_defaults(func=_evaluate)
 
     r = sub.add_parser("recover", help="write the frames an interrupted LDBReporter run left in its spool")

@@ -156,15 +156,20 @@ def folder_chains(pdb_dir: str, skipped: Counter | None = None, min_res: int = 2
 # Backmapping one chain
 # ----------------------------------------------------------------------------------------
 def cg_topology(chain: data_mod.Chain, chain_id: str = "A"):
-    """One-bead (CA) OpenMM topology of a chain; residue ids 1..N."""
+    """One-bead (CA) OpenMM topology of a chain; residue ids 1..N, bonds between consecutive
+    residues of the reference's segments (as a CG engine's topology gives them)."""
     from openmm.app import Element, Topology
 
     top = Topology()
     c = top.addChain(chain_id)
     carbon = Element.getBySymbol("C")
+    atoms = []
     for i, rt in enumerate(chain.restype):
         res = top.addResidue(rc.RESTYPES_3[int(rt)], c, id=str(i + 1))
-        top.addAtom("CA", carbon, res)
+        atoms.append(top.addAtom("CA", carbon, res))
+    for i in range(len(atoms) - 1):
+        if chain.segment[i] == chain.segment[i + 1]:
+            top.addBond(atoms[i], atoms[i + 1])
     return top
 
 
@@ -187,10 +192,13 @@ def _segments_agree(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a[1:] != a[:-1], b[1:] != b[:-1]))
 
 
-def backmap_chain(bm, chain: data_mod.Chain, samples: int = 1, seed: int = 0, minimize: str | None = None) -> dict:
+def backmap_chain(bm, chain: data_mod.Chain, samples: int = 1, seed: int = 0, minimize: str | None = None,
+                  ca_noise: float = 0.0) -> dict:
     """Backmap a chain's true Cα trace; returns slots, plan and timings."""
     top = cg_topology(chain)
     ca = ca_positions_nm(chain)
+    if ca_noise > 0:  # CG-like Cα: Gaussian noise (Å), seeded per chain
+        ca = ca + np.random.default_rng(seed).normal(0.0, ca_noise, ca.shape) / 10.0
     t0 = time.perf_counter()
     plan = bm.plan(top, ca, hydrogens=minimize is not None)
     t1 = time.perf_counter()
@@ -243,7 +251,7 @@ def score_chain(chain: data_mod.Chain, pred: np.ndarray, pred_present: np.ndarra
 def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: str | None = "ldb_eval",
              threads: int | None = None, device: str | None = None, steps: int | None = None, seed: int = 0,
              skipped: dict | None = None, verbose: bool = True, plots: bool = True,
-             minimize: str | None = None) -> dict:
+             minimize: str | None = None, ca_noise: float = 0.0) -> dict:
     """Backmap and score ``chains`` (list of :class:`data.Chain`); write ``metrics.json`` and plots.
 
     Returns the dict written to ``<out_dir>/metrics.json``: ``model`` (path, card name and
@@ -262,7 +270,7 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
                       deterministic=True)
     rows, details = [], []
     for k, chain in enumerate(chains):
-        res = backmap_chain(bm, chain, samples, seed + k, minimize=minimize)
+        res = backmap_chain(bm, chain, samples, seed + k, minimize=minimize, ca_noise=ca_noise)
         plan = res["plan"]
         m = score_chain(chain, res["pred"], res["pred_present"], plan.segment, plan.disulfides)
         det = m.pop("details")
@@ -295,7 +303,7 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
               "n_chains": len(rows), "n_residues": total_res, "mean": mean, "chains": rows,
               "skipped": dict(skipped or {}),
               "settings": {"samples": samples, "steps": steps or "default (4 best guess, 10 samples)", "device": str(bm.device), "seed": seed,
-                           "minimize": minimize,
+                           "minimize": minimize, "ca_noise_angstrom": ca_noise,
                            "torch_threads": _torch_threads(),
                            "definitions": "see openmm_ldb.metrics module docstring"}}
     result = _jsonable(result)
@@ -429,7 +437,8 @@ def main(args) -> int:
           f"(read in {time.time() - t0:.1f} s)", flush=True)
     result = evaluate(getattr(args, "model", None), chains, samples=max(1, int(getattr(args, "samples", 1) or 1)),
                       out_dir=getattr(args, "out", "ldb_eval"), threads=getattr(args, "threads", None),
-                      skipped=dict(skipped), minimize=getattr(args, "minimize", None))
+                      skipped=dict(skipped), minimize=getattr(args, "minimize", None),
+                      ca_noise=float(getattr(args, "ca_noise", 0.0) or 0.0))
     print(f"wrote {os.path.join(args.out, 'metrics.json')}" + (f" and {len(result.get('plots', []))} plots"
                                                                  if result.get("plots") else ""))
     return 0

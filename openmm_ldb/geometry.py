@@ -212,50 +212,59 @@ class _ReferenceBuild:
 
 
 def trace_bounds(dist: torch.Tensor, cis_threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cα–Cα distances an ideal peptide unit can span: trans 3.60–4.00 Å, cis 2.70–3.10 Å
-    (stretching the template within these keeps each backbone bond within 0.08 Å of ideal; 99.7 % of
-    crystal Cα–Cα fall inside)."""
+    """Cα–Cα distances an ideal peptide unit can span: trans 3.60–4.00 Å, cis 2.70 Å to just below
+    the cis threshold (stretching the template within these keeps each backbone bond within
+    0.08 Å of ideal; 99.7 % of crystal Cα–Cα fall inside)."""
     cis = dist < cis_threshold
     lo = torch.where(cis, torch.full_like(dist, 2.70), torch.full_like(dist, 3.60))
-    hi = torch.where(cis, torch.full_like(dist, 3.10), torch.full_like(dist, 4.00))
+    # a cis unit ends below the threshold, so the builder sees it cis as well
+    hi = torch.where(cis, torch.full_like(dist, min(3.10, cis_threshold - 0.05)), torch.full_like(dist, 4.00))
     return lo, hi
 
 
-def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: float = 3.3,
+def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: float = 3.0,
                      min_ca_i2: float = 4.4, iterations: int = 40) -> torch.Tensor:
     """Move Cα as little as needed so every peptide unit can be ideal.
 
     Consecutive Cα of a segment are brought inside :func:`trace_bounds` and Cα(i)–Cα(i+2) to at
     least ``min_ca_i2`` Å (tighter i, i+2 turns put O(i) onto N(i+2)), by alternating
-    projections that move both ends of a violated distance half-way.  A trace that already
+    projections: each pass corrects every other constraint (no two of them share an atom, so
+    each is met exactly, both ends moving half-way), then the others.  A trace that already
     satisfies every bound (any native structure) comes back unchanged, bit for bit.
     """
+    n = ca.shape[1]
+    if n < 2:
+        return ca
     has_prev, has_next = segment_neighbours(segment)
-    nxt_ok = has_next[:-1].to(ca.dtype).view(1, -1, 1)
-    two = (has_next[:-2] & has_next[1:-1]).to(ca.dtype).view(1, -1, 1)
+    k1 = torch.arange(n - 1, device=ca.device)
+    bond_ok = has_next[:-1].to(ca.dtype)
     d0 = torch.sqrt(((ca[:, 1:] - ca[:, :-1]) ** 2).sum(-1) + 1e-12)
     lo, hi = trace_bounds(d0, cis_threshold)  # cis or trans decided once, from the input
+    k2 = torch.arange(max(n - 2, 0), device=ca.device)
+    span_ok = (has_next[:-2] & has_next[1:-1]).to(ca.dtype) if n > 2 else torch.zeros(0, device=ca.device)
     x = ca
     for _ in range(iterations):
-        bond = x[:, 1:] - x[:, :-1]
-        d = torch.sqrt((bond * bond).sum(-1) + 1e-12)
-        target = torch.minimum(torch.maximum(d, lo), hi)
-        excess = (d - target) * nxt_ok.squeeze(-1)
-        if x.shape[1] > 2:
-            span = x[:, 2:] - x[:, :-2]
-            tight = torch.clamp(torch.sqrt((span * span).sum(-1) + 1e-12) - min_ca_i2, max=0.0) * two.squeeze(-1)
-            if not bool((excess.abs() > 1e-4).any()) and not bool((tight < -1e-4).any()):
-                break
-        elif not bool((excess.abs() > 1e-4).any()):
+        moved = False
+        for parity in range(2):
+            bond = x[:, 1:] - x[:, :-1]
+            d = torch.sqrt((bond * bond).sum(-1) + 1e-12)
+            excess = (d - torch.minimum(torch.maximum(d, lo), hi)) * bond_ok * ((k1 % 2) == parity).to(ca.dtype)
+            if bool((excess.abs() > 1e-4).any()):
+                moved = True
+                corr = (excess / d).unsqueeze(-1) * bond * 0.5
+                z1 = torch.zeros_like(x[:, :1])
+                x = x + torch.cat([corr, z1], 1) - torch.cat([z1, corr], 1)
+            if n > 2:
+                span = x[:, 2:] - x[:, :-2]
+                d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
+                short = torch.clamp(d2 - min_ca_i2, max=0.0) * span_ok * (((k2 // 2) % 2) == parity).to(ca.dtype)
+                if bool((short < -1e-4).any()):
+                    moved = True
+                    corr2 = (short / d2).unsqueeze(-1) * span * 0.5
+                    z2 = torch.zeros_like(x[:, :2])
+                    x = x + torch.cat([corr2, z2], 1) - torch.cat([z2, corr2], 1)
+        if not moved:
             break
-        corr = ((d - target) / d).unsqueeze(-1) * bond * 0.5 * nxt_ok
-        x = x + torch.cat([corr, torch.zeros_like(x[:, :1])], 1) - torch.cat([torch.zeros_like(x[:, :1]), corr], 1)
-        if x.shape[1] > 2:
-            span = x[:, 2:] - x[:, :-2]
-            d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
-            corr2 = (torch.clamp(d2 - min_ca_i2, max=0.0) / d2).unsqueeze(-1) * span * 0.5 * two
-            z2 = torch.zeros_like(x[:, :2])
-            x = x + torch.cat([corr2, z2], 1) - torch.cat([z2, corr2], 1)
     return x
 
 

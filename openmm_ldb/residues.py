@@ -237,8 +237,9 @@ ANGLE_C_N_H = 119.2   # H bisects the C-N-CA exterior angle (in-plane)
 BOND_C_OXT = 1.25     # carboxylate C-O
 BOND_N_H_TERMINAL = 1.01
 ANGLE_CA_N_H_TERMINAL = 109.5
-# Cα–Cα distance below which a peptide bond is taken as cis (trans ~3.80 Å, cis ~2.90 Å).
-CIS_CA_CA_THRESHOLD = 3.3
+# Cα–Cα distance below which a peptide bond is taken as cis (trans ~3.80 Å, cis ~2.90 Å; soft CG
+# traces compress trans bonds to 3.2-3.3 Å, which must stay trans).
+CIS_CA_CA_THRESHOLD = 3.0
 # Cα–Cα distance above which consecutive residues of one chain are a chain break.
 CHAIN_BREAK_CA_CA = 4.5
 # Disulfide geometry and the Cα–Cα window in which we try to form one.
