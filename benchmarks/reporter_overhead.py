@@ -56,11 +56,12 @@ def build(name: str, cache: str):
     import openmm.unit as unit
 
     from openmm_ldb import cg
+    from openmm_ldb import residues as rc
 
     if name.startswith("gb1x"):
         copies = int(name[4:])
         go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
-        seq = "".join(cg._THREE_TO_ONE[r.name] for r in go.topology.residues())
+        seq = "".join(rc.RESTYPES_1[rc.RESTYPES_3.index(r.name)] for r in go.topology.residues())
         native = np.asarray(go.native_positions.value_in_unit(unit.nanometer))
         native = native - native.mean(0)
         top = cg.ca_topology([seq] * copies)

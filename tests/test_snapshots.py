@@ -11,6 +11,7 @@ import torch
 from openmm import app
 
 from openmm_ldb import cg
+from openmm_ldb import residues as rc
 from openmm_ldb.snapshots import (
     SnapshotReporter,
     find_residue,
@@ -31,7 +32,7 @@ def hairpin_sim():
     """A 20-residue CG hairpin (GB1 1-20) with two CYS whose Cα are 5.5 Å apart."""
     go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
     xyz = np.array(go.native_positions.value_in_unit(unit.nanometer))[:20]
-    seq = "".join(cg._THREE_TO_ONE[r.name] for r in go.topology.residues())[:20]
+    seq = "".join(rc.RESTYPES_1[rc.RESTYPES_3.index(r.name)] for r in go.topology.residues())[:20]
     seq = "".join("C" if i in CYS_PAIR else a for i, a in enumerate(seq))
     top = cg.ca_topology(seq)
     assert abs(np.linalg.norm(xyz[CYS_PAIR[0]] - xyz[CYS_PAIR[1]]) - 0.55) < 0.01
