@@ -1,12 +1,13 @@
 """Do backmapped snapshots go into docking receptor preparation as they are?
 
-Backmaps real chains (validation split, or the GB1 demo after CG dynamics) with the defaults
-(best guess, hydrogens, no minimization), writes each as a PDB file and runs Meeko's
+Runs a Go-model CG simulation of each structure (the GB1 demo and real proteins of the data),
+backmaps snapshots with the defaults (best guess, hydrogens, no minimization) through
+``SnapshotReporter``, and runs Meeko's
 ``mk_prepare_receptor.py --read_pdb X -p`` (AutoDock Vina's receptor preparation) on it, without
 ``--allow_bad_res``.  Also counts atom pairs of different residues (hydrogens included) within
 bonding distance (sum of covalent radii + 0.3 Å) that are not bonded, which Meeko rejects.
 
-    python benchmarks/meeko_check.py --meeko /path/to/mk_prepare_receptor.py --max-chains 10
+    python benchmarks/meeko_check.py --meeko /path/to/mk_prepare_receptor.py
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import tempfile
 import numpy as np
 from openmm.app import PDBFile
 
-from openmm_ldb import evaluate as ev, metrics
+from openmm_ldb import metrics
 from openmm_ldb.backmapper import Backmapper
 
 RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "S": 1.05}
@@ -43,26 +44,43 @@ def bad_contacts(topology, xyz_nm) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--meeko", default="mk_prepare_receptor.py")
-    p.add_argument("--max-chains", type=int, default=10)
+    p.add_argument("--structures", nargs="*", default=["kortemme_ddg/1EL1.pdb.gz", "kortemme_ddg/1BNI.pdb.gz"],
+                   help="paths under <data>/structures")
+    p.add_argument("--interval", type=int, default=1000)
+    p.add_argument("--snapshots", type=int, default=3)
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="benchmarks/results/meeko_check.json")
     a = p.parse_args()
+    from openmm_ldb import cg
+    from openmm_ldb.snapshots import SnapshotReporter
+
+    data = os.environ.get("OPENMM_LDB_DATA", "../shared/data")
+    structures = [str(cg.demo_structure_path())] + [os.path.join(data, "structures", p) for p in a.structures]
     bm = Backmapper(a.model, threads=1)
     rows = []
     work = tempfile.mkdtemp()
-    for chain in ev.validation_chains(max_chains=a.max_chains):
-        top, ca = ev.cg_topology(chain), ev.ca_positions_nm(chain)
-        aa_top, pos = bm.backmap(top, ca)
-        path = os.path.join(work, chain.name.replace(":", "_").replace("/", "_") + ".pdb")
-        with open(path, "w") as f:
-            PDBFile.writeFile(aa_top, pos, f, keepIds=True)
-        proc = subprocess.run([a.meeko, "--read_pdb", path, "-o", path[:-4] + "_rec", "-p"],
-                              capture_output=True, text=True)
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        rows.append({"chain": chain.name, "residues": len(chain.restype), "meeko_ok": proc.returncode == 0,
-                     "bad_contacts": bad_contacts(aa_top, pos.value_in_unit(pos.unit)),
-                     "meeko_tail": tail if proc.returncode else []})
-        print(rows[-1]["chain"], rows[-1]["meeko_ok"], rows[-1]["bad_contacts"], flush=True)
+    for path in structures:
+        if not os.path.exists(path):
+            continue
+        go = cg.GoModel.from_structure(path, chains=[0])
+        sim = cg.make_simulation(go.topology, go.create_system(), go.native_positions, seed=1)
+        name = os.path.basename(path).split(".")[0]
+        out_dir = os.path.join(work, name)
+        rep = SnapshotReporter(out_dir, a.interval, backmapper=bm)
+        sim.reporters.append(rep)
+        sim.step(a.interval * a.snapshots)
+        rep.close()
+        for pdb in sorted(f for f in os.listdir(out_dir) if f.endswith(".pdb")):
+            fpath = os.path.join(out_dir, pdb)
+            proc = subprocess.run([a.meeko, "--read_pdb", fpath, "-o", fpath[:-4] + "_rec", "-p"],
+                                  capture_output=True, text=True)
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            pdbf = PDBFile(fpath)
+            rows.append({"structure": name, "snapshot": pdb, "residues": pdbf.topology.getNumResidues(),
+                         "meeko_ok": proc.returncode == 0,
+                         "bad_contacts": bad_contacts(pdbf.topology, pdbf.getPositions(asNumpy=True)._value),
+                         "meeko_tail": tail if proc.returncode else []})
+            print(name, pdb, rows[-1]["meeko_ok"], rows[-1]["bad_contacts"], flush=True)
     out = {"n": len(rows), "meeko_passed": sum(r["meeko_ok"] for r in rows),
            "chains_with_bad_contacts": sum(r["bad_contacts"] > 0 for r in rows), "rows": rows}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
