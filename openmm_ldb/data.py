@@ -186,8 +186,40 @@ def featurize_dataset(path: str | None = None, out: str = "cache/dataset.pt", wo
     return result
 
 
+def geometry_source_chains(path: str | None = None, n: int = 40) -> list[tuple[str, str]]:
+    """Complete single-model X-ray chains of distinct training clusters: the structures the ideal
+    geometry table of :mod:`residues` is derived from."""
+    root = data_dir(path)
+    rows = list(csv.DictReader(open(os.path.join(root, "train.tsv")), delimiter="\t"))
+    picked, clusters = [], set()
+    for r in rows:
+        if (r["file"].startswith(("bm5_clean/", "loop_modeling_reference/raw/")) and r["nmodels"] == "1"
+                and float(r["frac_sc_complete"]) == 1.0 and 80 <= int(r["nres"]) <= 300
+                and r["cluster30"] not in clusters and not is_validation_cluster(r["cluster30"])):
+            picked.append((os.path.join(root, "structures", r["file"]), r["chain"]))
+            clusters.add(r["cluster30"])
+        if len(picked) == n:
+            break
+    return picked
+
+
+def write_geometry_table(path: str | None = None) -> str:
+    """Regenerate the cached chemistry table (``residues.ideal_geometry``) from real structures."""
+    import json
+
+    out = rc._GEOMETRY_JSON
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(rc.derive_ideal_geometry(geometry_source_chains(path)), f, indent=0)
+    return str(out)
+
+
 if __name__ == "__main__":
     import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--geometry":  # python -m openmm_ldb.data --geometry [DATA]
+        print("wrote", write_geometry_table(sys.argv[2] if len(sys.argv) > 2 else None))
+        raise SystemExit(0)
 
     res = featurize_dataset(sys.argv[1] if len(sys.argv) > 1 else None, out=sys.argv[2] if len(sys.argv) > 2 else "cache/dataset.pt")
     n = sum(len(c["restype"]) for c in res["chains"])

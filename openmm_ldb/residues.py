@@ -9,7 +9,7 @@ Ideal geometry is *derived*, not typed in: heavy atoms come from PDBFixer's idea
 templates (``pdbfixer/templates/*.pdb``) and hydrogens from OpenMM's
 ``Modeller.addHydrogens`` applied to those templates.  The derived table is cached in
 ``openmm_ldb/resources/ideal_geometry.json``; regenerate it with
-``python -m openmm_ldb.residues``.
+``python -m openmm_ldb.data --geometry`` (the data layer reads the structures).
 
 Per-residue atom slots ("atom27" layout)
 ----------------------------------------
@@ -554,32 +554,3 @@ def residue_bonds(resname: str, hydrogens: bool = True) -> list[tuple[str, str]]
     """Intra-residue bonds (names) of an internal residue, from OpenMM's templates."""
     bonds = [tuple(b) for b in ideal_geometry()["_bonds"][resname]]
     return [b for b in bonds if hydrogens or not (b[0].startswith("H") or b[1].startswith("H"))]
-
-
-def _geometry_source_chains(data_dir: str, n: int = 40) -> list[tuple[str, str]]:
-    """Complete single-model X-ray chains of distinct training clusters (see data.split)."""
-    import csv
-
-    from .data import is_validation_cluster
-
-    rows = list(csv.DictReader(open(os.path.join(data_dir, "train.tsv")), delimiter="\t"))
-    picked, clusters = [], set()
-    for r in rows:
-        if (r["file"].startswith(("bm5_clean/", "loop_modeling_reference/raw/")) and r["nmodels"] == "1"
-                and float(r["frac_sc_complete"]) == 1.0 and 80 <= int(r["nres"]) <= 300
-                and r["cluster30"] not in clusters and not is_validation_cluster(r["cluster30"])):
-            picked.append((os.path.join(data_dir, "structures", r["file"]), r["chain"]))
-            clusters.add(r["cluster30"])
-        if len(picked) == n:
-            break
-    return picked
-
-
-if __name__ == "__main__":  # regenerate the cached geometry table from real structures
-    import sys
-
-    data_dir = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("OPENMM_LDB_DATA", "../shared/data")
-    _GEOMETRY_JSON.parent.mkdir(exist_ok=True)
-    with open(_GEOMETRY_JSON, "w") as f:
-        json.dump(derive_ideal_geometry(_geometry_source_chains(data_dir)), f, indent=0)
-    print(f"wrote {_GEOMETRY_JSON}")
