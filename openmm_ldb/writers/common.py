@@ -195,10 +195,14 @@ def _pdb_header(topology, positions=None, keep_ids=True):
     return '\n'.join(lines) + '\n'
 
 
-def write_pdb_file(topology, positions, file, keep_ids=None, standard_names=True):
+def write_pdb_file(topology, positions, file, keep_ids=None, standard_names=True, bfactors=None, remarks=()):
     """Write one structure as a complete PDB file: PDB residue names (unless
     ``standard_names=False``), ``SSBOND`` and ``CONECT`` records for disulfides, CRYST1 for a
-    periodic topology, and the topology's chain ids and residue numbers when they fit."""
+    periodic topology, and the topology's chain ids and residue numbers when they fit.
+
+    ``bfactors``: one value per residue (e.g. the model's expected side-chain error, Å) written
+    to the B-factor column of every atom of that residue; ``remarks``: ``REMARK 99`` lines.
+    """
     if standard_names:
         topology = pdb_named_topology(topology)
     if keep_ids is None:
@@ -207,7 +211,27 @@ def write_pdb_file(topology, positions, file, keep_ids=None, standard_names=True
     body = io.StringIO()
     PDBFile.writeModel(topology, pos*unit.nanometers, body, keepIds=keep_ids)
     PDBFile.writeFooter(topology, body)
-    file.write(_pdb_header(topology, pos, keep_ids) + body.getvalue())
+    text = body.getvalue()
+    if bfactors is not None:
+        text = _with_bfactors(text, topology, np.asarray(bfactors, dtype=np.float64))
+    head = _pdb_header(topology, pos, keep_ids)
+    if remarks:
+        head = ''.join('REMARK  99 %s\n' % line for r in remarks for line in str(r).splitlines()) + head
+    file.write(head + text)
+
+
+def _with_bfactors(text, topology, per_residue):
+    """The PDB text with columns 61-66 (B-factor) of atom records set per residue."""
+    residue_of = [a.residue.index for a in topology.atoms()]
+    out, k = [], 0
+    for line in text.splitlines():
+        if line.startswith(('ATOM  ', 'HETATM')) and k < len(residue_of):
+            value = min(max(float(per_residue[residue_of[k]]), 0.0), 999.99)
+            line = line[:60].ljust(60) + '%6.2f' % value + line[66:]
+            k += 1
+        out.append(line)
+    return '\n'.join(out) + '\n'
+
 
 
 def _replace_atomically(path, write_func):
