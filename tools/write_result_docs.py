@@ -78,12 +78,63 @@ def main():
         lines += ["Command: ``python benchmarks/pulchra_compare.py --max-chains 30``", ""]
     if thr:
         lines += ["Backmapping speed", "-----------------", "",
-                  f"{thr['residues']}-residue protein ({thr['source']}), deterministic mode, "
-                  f"{thr['denoising_steps']} denoising steps, {thr['threads']} CPU threads, median of repeats.", ""]
+                  f"{thr['residues']}-residue protein ({thr['source']}), default best guess, "
+                  f"{thr['threads']} CPU thread(s), median of repeats; model load {thr.get('load_s')} s, first "
+                  f"call after load {thr.get('first_call_s')} s.", ""]
         lines.append(_table(["frames per batch", "ms per frame", "residue-frames per s"],
                             [[r["batch"], _fmt(r["ms_per_frame"], 1), _fmt(r["residue_frames_per_s"], 0)]
                              for r in thr["results"]]))
-        lines += ["Command: ``python benchmarks/throughput.py --residues 100 --batch 1 8 32``", ""]
+        lines += ["Command: ``python benchmarks/throughput.py --residues 100 --batch 1 8 32 --threads 1``", ""]
+    extra = [("noise", _load("validation_noise03/metrics.json")), ("exchange", _load("exchange_time.json")),
+             ("confidence", _load("confidence.json")), ("coherence", _load("coherence.json")),
+             ("meeko", _load("meeko_check.json")), ("gpu", _load("gpu_check.json"))]
+    extra = {k: v for k, v in extra if v}
+    if "noise" in extra:
+        m = extra["noise"]["mean"]
+        lines += ["CG-like Cα (0.3 Å Gaussian noise)", "----------------------------------", "",
+                  f"The same validation chains with 0.3 Å noise on every Cα ({extra['noise']['n_chains']} chains): "
+                  f"heavy-atom RMSD {_fmt(m.get('heavy_rmsd'))} Å, bond validity {_fmt(m.get('bond_validity'), 4)}, "
+                  f"clashes {_fmt(m.get('clashes_per_1000'), 1)} per 1000 atoms, GED {_fmt(m.get('ged'), 1)}.",
+                  "Command: ``openmm-ldb evaluate --max-chains 60 --ca-noise 0.3 --out "
+                  "benchmarks/results/validation_noise03``", ""]
+    if "confidence" in extra:
+        c = extra["confidence"]
+        lines += ["Per-residue confidence", "----------------------", "",
+                  f"Spearman's rho between the expected side-chain error (B-factor column) and the real one: "
+                  f"{c['spearman_rho']} over {c['residues']} residues of {c['chains']} validation chains "
+                  f"(mean per chain {c['spearman_rho_mean_per_chain']}).",
+                  "Command: ``python benchmarks/confidence.py --max-chains 40``", ""]
+    if "coherence" in extra:
+        rows = []
+        for name, r in extra["coherence"].items():
+            rows.append([name, _fmt(r["md_chi1_flip_rate"], 4), _fmt(r["per_frame"]["chi1_flip_rate"], 4),
+                         _fmt(r["stream"]["chi1_flip_rate"], 4), _fmt(r["per_frame"]["heavy_rmsd_to_md"], 3),
+                         _fmt(r["stream"]["heavy_rmsd_to_md"], 3)])
+        lines += ["Temporal coherence", "------------------", "",
+                  "Fraction of (residue, consecutive frame) pairs whose χ1 moves by more than 60 degrees.", ""]
+        lines.append(_table(["MD trajectory", "MD itself", "per-frame best guess", "coherent stream",
+                             "RMSD per frame (Å)", "RMSD stream (Å)"], rows))
+        lines += ["Command: ``python benchmarks/coherence.py --frames 30``", ""]
+    if "exchange" in extra:
+        e = extra["exchange"]
+        lines += ["Switching to all-atom", "---------------------", "",
+                  f"``exchange.to_all_atom`` with the defaults on {e['residues']} residues ({e['structure']}): "
+                  f"median {e['median_s']} s; longest bond {e['longest_bond_nm']} nm; threaded rings: "
+                  f"{len(e['threaded_rings'])}.", "Command: ``python benchmarks/exchange_time.py``", ""]
+    if "meeko" in extra:
+        mk = extra["meeko"]
+        lines += ["Docking receptor preparation", "----------------------------", "",
+                  f"Meeko ``mk_prepare_receptor.py`` (no ``--allow_bad_res``) accepted {mk['meeko_passed']} of "
+                  f"{mk['n']} default snapshots of CG runs.", "Command: ``python benchmarks/meeko_check.py``", ""]
+    if "gpu" in extra:
+        g = extra["gpu"]
+        lines += ["GPU", "---", "",
+                  f"{g.get('gpu')} (torch {g.get('torch')}): CUDA vs CPU largest atom difference "
+                  f"{g['agreement'].get('best_guess_max_abs_diff_A')} Å (best guess), "
+                  f"{g['agreement'].get('samples_max_abs_diff_A')} Å (samples); reporter on an OpenMM CUDA "
+                  f"simulation of {g['reporter'].get('residues')} residues: step() ratio "
+                  f"{g['reporter'].get('step_ratio')}, whole run {g['reporter'].get('total_ratio')}.",
+                  "Command: ``python benchmarks/gpu_check.py`` (results/gpu_check.json has the throughput table).", ""]
     if rep and "results" in rep and rep["results"] and "step_ratio" in rep["results"][0]:
         lines += ["LDBReporter overhead", "--------------------", "",
                   "Wall time of ``Simulation.step()`` and of the whole run (``step()`` + ``close()``, until the last "
