@@ -219,16 +219,8 @@ class Sampler(nn.Module):
         bsz, n = ca.shape[0], ca.shape[1]
         m = bsz * samples
         given = ca.unsqueeze(1).expand(bsz, samples, n, 3).reshape(m, n, 3)
-        x = given
-        if not keep_ca:
-            x = geo.regularize_trace(given, segment, self.cis_threshold, self.min_ca_i2, self.regularize_iterations)
-        shift = torch.sqrt(((x - given) ** 2).sum(-1)).amax(-1) if n > 0 else torch.zeros(m, device=ca.device)
-        mask = torch.ones(m, n, device=ca.device, dtype=ca.dtype)
-        node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
-        rt = restype.unsqueeze(0).expand(m, n)
-        # per-residue confidence: the expected side-chain error (Å) from the best-guess network
-        angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
-                                                 self.latent_std)
+        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
+            given, restype, segment, keep_ca)
         if not deterministic:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples, False)
         elif self.guess_ddim_steps > 0:
@@ -237,6 +229,21 @@ class Sampler(nn.Module):
         atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, idx)
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
+
+    def trace_and_guess(self, given: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, keep_ca: bool):
+        """The regularized trace (unless ``keep_ca``), its largest Cα move, its graph, and the
+        best-guess angles with each residue's expected side-chain error (the confidence)."""
+        m, n = given.shape[0], given.shape[1]
+        x = given
+        if not keep_ca:
+            x = geo.regularize_trace(given, segment, self.cis_threshold, self.min_ca_i2, self.regularize_iterations)
+        shift = torch.sqrt(((x - given) ** 2).sum(-1)).amax(-1) if n > 0 else torch.zeros(m, device=given.device)
+        mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
+        node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
+        rt = restype.unsqueeze(0).expand(m, n)
+        angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
+                                                 self.latent_std)
+        return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
                angles: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -269,15 +276,8 @@ class Sampler(nn.Module):
         the last two are the prior of the next call.
         """
         bsz, n = ca.shape[0], ca.shape[1]
-        x = ca
-        if not keep_ca:
-            x = geo.regularize_trace(ca, segment, self.cis_threshold, self.min_ca_i2, self.regularize_iterations)
-        shift = torch.sqrt(((x - ca) ** 2).sum(-1)).amax(-1) if n > 0 else torch.zeros(bsz, device=ca.device)
-        mask = torch.ones(bsz, n, device=ca.device, dtype=ca.dtype)
-        node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
-        rt = restype.unsqueeze(0).expand(bsz, n)
-        angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
-                                                 self.latent_std)
+        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
+            ca, restype, segment, keep_ca)
         prev_ca, prev_chi, have = prior_ca, prior_chi, has_prior
         outs: List[torch.Tensor] = []
         atom_mask = torch.zeros(n, self.tables.num_slots, device=ca.device, dtype=ca.dtype)
