@@ -73,6 +73,16 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def load_split(dataset: str) -> tuple[list[dict], list[dict]]:
+    """Training chains and validation chains (30-400 residues, in a fixed shuffled order) of a
+    featurized dataset; the split is by cluster (``data.is_validation_cluster``)."""
+    data = torch.load(dataset, weights_only=False)
+    chains = [c for c in data["chains"] if c["split"] == "train"]
+    val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
+    random.Random(1).shuffle(val)
+    return chains, val
+
+
 def _log(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -138,10 +148,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "train.log")
     ckpt_path = os.path.join(out, "checkpoint.pt")
-    data = torch.load(dataset, weights_only=False)
-    chains = [c for c in data["chains"] if c["split"] == "train"]
-    val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
-    random.Random(1).shuffle(val)
+    chains, val = load_split(dataset)
     clusters = _cluster_index(chains)
     cluster_names = sorted(clusters)
     config = config or LDBConfig()
@@ -250,10 +257,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     log_path = os.path.join(out, "train.log")
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if chains is None:
-        data = torch.load(dataset, weights_only=False)
-        chains = [c for c in data["chains"] if c["split"] == "train"]
-        val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
-        random.Random(1).shuffle(val)
+        chains, val = load_split(dataset)
     clusters = _cluster_index(chains)
     cluster_names = sorted(clusters)
     rng = random.Random(seed)
