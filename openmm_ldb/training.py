@@ -73,14 +73,15 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def load_split(dataset: str) -> tuple[list[dict], list[dict]]:
-    """Training chains and validation chains (30-400 residues, in a fixed shuffled order) of a
-    featurized dataset; the split is by cluster (``data.is_validation_cluster``)."""
+def load_split(dataset: str) -> tuple[list[dict], list[dict], dict]:
+    """Training chains, validation chains (30-400 residues, in a fixed shuffled order) and the
+    reader's skip counts of a featurized dataset; the split is by cluster
+    (``data.is_validation_cluster``)."""
     data = torch.load(dataset, weights_only=False)
     chains = [c for c in data["chains"] if c["split"] == "train"]
     val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
     random.Random(1).shuffle(val)
-    return chains, val
+    return chains, val, data.get("skipped", {})
 
 
 def _log(path: str, record: dict) -> None:
@@ -148,7 +149,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "train.log")
     ckpt_path = os.path.join(out, "checkpoint.pt")
-    chains, val = load_split(dataset)
+    chains, val, skipped = load_split(dataset)
     clusters = _cluster_index(chains)
     cluster_names = sorted(clusters)
     config = config or LDBConfig()
@@ -175,7 +176,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
         _log(log_path, {"event": "start", "step": step, "phase": phase, "world_size": world,
                         "train_chains": len(chains),
                         "train_clusters": len(clusters), "val_chains": len(val), "config": asdict(config),
-                        "skipped": data.get("skipped", {})})
+                        "skipped": skipped})
     last = time.time()
     while True:
         elapsed = time.time() - t0
@@ -257,7 +258,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     log_path = os.path.join(out, "train.log")
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if chains is None:
-        chains, val = load_split(dataset)
+        chains, val, _ = load_split(dataset)
     clusters = _cluster_index(chains)
     cluster_names = sorted(clusters)
     rng = random.Random(seed)
