@@ -41,7 +41,9 @@ DEFAULT_SETTINGS = {
     "hydrogen_rounds": 1,
     "hydrogen_neighbours": 6,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
-    "stream_gate": 0.5,
+    "stream_gate": 1.0,
+    # largest side-chain turn (degrees) the clash resolution may make to a kept rotamer in a stream
+    "stream_max_turn": 30.0,
     # 0: the best guess is one pass of its own network; k > 0: k DDIM steps of the diffusion
     # denoiser from zero noise, the continuous latent decoded (v0.1's best guess)
     "guess_ddim_steps": 0,
@@ -201,6 +203,7 @@ class Sampler(nn.Module):
         self.register_buffer("rotor_step", torch.as_tensor(steps))           # [R, 2] radians, 0 = none
         self.hydrogen_rounds = int(s["hydrogen_rounds"])
         self.stream_gate = float(s["stream_gate"])
+        self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
         self.guess_ddim_steps = int(s["guess_ddim_steps"])
         self.hydrogen_cutoff = float(s["hydrogen_cutoff"])
         self.hydrogen_neighbours = int(s["hydrogen_neighbours"])
@@ -246,8 +249,10 @@ class Sampler(nn.Module):
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
-               angles: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Angles -> atoms: placement, closed rings and disulfides, clash resolution, hydrogens.
+               angles: torch.Tensor, idx: torch.Tensor, max_turn: float = 4.0
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
+        turned by at most ``max_turn`` radians), hydrogens.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
@@ -255,7 +260,7 @@ class Sampler(nn.Module):
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
         if self.repack_sweeps > 0:
-            angles = self.resolve_clashes(atoms, restype, angles, idx, fixed)
+            angles = self.resolve_clashes(atoms, restype, angles, idx, fixed, max_turn)
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
@@ -289,7 +294,8 @@ class Sampler(nn.Module):
                 d_then = torch.sqrt(((prev_ca.unsqueeze(1) - prev_ca[nb]) ** 2).sum(-1) + 1e-12)
                 keep = ((d_now - d_then).abs().mean(-1) < self.stream_gate).view(1, n, 1, 1)
                 ang = torch.cat([ang[:, :, :4], torch.where(keep, prev_chi.unsqueeze(0), ang[:, :, 4:])], dim=2)
-            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, idx[b:b + 1])
+            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, idx[b:b + 1],
+                                                    self.stream_max_turn if have else 4.0)
             outs.append(atoms_b)
             prev_ca, prev_chi, have = x[b], final[0, :, 4:], True
         atoms = torch.cat(outs, 0)
@@ -417,7 +423,7 @@ class Sampler(nn.Module):
 
     # ------------------------------------------------------------------ clash resolution
     def resolve_clashes(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, idx: torch.Tensor,
-                        fixed: torch.Tensor) -> torch.Tensor:
+                        fixed: torch.Tensor, max_turn: float = 4.0) -> torch.Tensor:
         """Iterated conditional modes over side-chain rotamers, on the residues that clash.
 
         Candidates are the decoder's own angles turned by ``repack_offsets`` about chi1/chi2.  Each
@@ -446,6 +452,8 @@ class Sampler(nn.Module):
         bb_keep = (bb_idx != pos).to(atoms.dtype)
         pen = torch.full([ncand], self.repack_penalty, device=atoms.device, dtype=atoms.dtype)
         pen[0] = 0.0
+        # turns larger than max_turn are not offered (a coherent stream keeps its rotamers)
+        pen = torch.where(self.repack_offsets.abs().amax(-1) > max_turn + 1e-6, torch.full_like(pen, 1e9), pen)
         movable = (~fixed).to(atoms.dtype)
         n_active = max(1, min(n, int(math.ceil(n * self.repack_fraction))))
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
