@@ -142,6 +142,7 @@ def cpp_build(tmp_path_factory):
     return build, model, cases
 
 
+@pytest.mark.slow
 def test_cpp_agrees_with_python(cpp_build):
     build, _, cases = cpp_build
     proc = _run(["ctest", "-V", "--output-on-failure"], cwd=build)
@@ -151,6 +152,7 @@ def test_cpp_agrees_with_python(cpp_build):
         assert f"ok   {c['name']}:" in out, out
 
 
+@pytest.mark.slow
 def test_cpp_example_simulation(cpp_build, tmp_path):
     import mdtraj
 

@@ -13,6 +13,7 @@ API_MODULES = ["backmapper", "reporter", "writers", "refine", "cg", "topology", 
                "snapshots", "export"]
 
 
+@pytest.mark.slow
 def test_docs_build_without_warnings(tmp_path):
     pytest.importorskip("sphinx")
     out = tmp_path / "html"

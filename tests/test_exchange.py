@@ -96,6 +96,7 @@ def test_restrained_minimization_keeps_calpha(backmapper):
     _check_all_atom(aa, cg_sim, max_rms=0.5, max_dev=1.0)
 
 
+@pytest.mark.slow
 def test_explicit_solvent(backmapper):
     _, cg_sim = _go_sim()
     aa = exchange.to_all_atom(cg_sim, backmapper, solvent="explicit", box_padding=0.6 * unit.nanometer,

@@ -243,7 +243,7 @@ def test_stream_is_the_pipeline(backmapper):
     assert [f.index for f in a] == list(range(5)) and [f.step for f in a] == [10, 20, 30, 40, 50]
     assert a[2].time == pytest.approx(0.3) and a[0].positions.shape == (1, plan.topology.getNumAtoms(), 3)
     for fa, fb in zip(a, b):
-        assert np.abs(fa.positions - fb.positions).max() < 1e-5  # nm
+        assert np.abs(fa.positions - fb.positions).max() < 1e-4  # nm: batches differ by float rounding only
     ca = [at.index for at in plan.topology.atoms() if at.name == "CA"]
     assert np.abs(a[3].positions[0, ca] - frames[3].positions).max() < 0.05
     # seeded samples: frame k of the stream gets stream_seed(seed, n, k) whatever the batch
