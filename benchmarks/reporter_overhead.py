@@ -22,7 +22,9 @@ Systems (OpenMM CPU platform, one thread, so that the second core is free for th
 periodic 25 x 25 x 60 nm box, started as a dense slab (10,000 residues).
 
 ``--busy`` repeats the 112-residue runs with a CPU-burning process beside them (one busy core).
-Ratios are medians of the per-pair ratios.  A ratio below 1.0 would mean the arms did not run
+Ratios are medians of the per-pair ratios; ``*_ratio_of_minima`` compares the fastest run of each
+arm (the least disturbed by the rest of the machine), and ``step_cpu_ratio`` the CPU time of the
+simulation's process.  A ratio below 1.0 would mean the arms did not run
 under the same conditions (on these VMs a second active process makes a small OpenMM run *faster*
 by keeping the cores awake); the JSON says when it happens and how large the effect is here
 (``idle_vs_busy_dcd_only``).
@@ -194,6 +196,10 @@ def measure(system, steps, interval, pairs, busy, args, tmp):
         "ldb_total_s": round(med([r["total_s"] for r in ldb]), 3),
         "total_ratio": round(total_ratio, 3),
         "step_cpu_ratio": round(med([r["ldb"]["step_cpu_s"] / r["dcd"]["step_cpu_s"] for r in rows]), 3),
+        # the fastest run of each arm: the least disturbed by the rest of the machine
+        "step_ratio_of_minima": round(min(r["ldb"]["step_s"] for r in rows) / min(r["dcd"]["step_s"] for r in rows), 3),
+        "total_ratio_of_minima": round(min(r["ldb"]["total_s"] for r in rows)
+                                       / min(r["dcd"]["total_s"] for r in rows), 3),
         "load_average_median": round(med([r[a]["load_average"] for r in rows for a in r]), 2),
         "worker_setup_s": round(med([r["setup_s"] for r in ldb]), 2),
         "frames_written": [r["frames_in_file"] for r in ldb],
@@ -212,7 +218,8 @@ def measure(system, steps, interval, pairs, busy, args, tmp):
                            "makes a short OpenMM run faster (see idle_vs_busy_dcd_only). Read it as 'no measurable "
                            "cost', within the noise of the pairs (see pairs_raw).")
     print(f"{system:10s} interval {interval:6d} {'busy' if busy else 'idle'}: step() {summary['ldb_step_s']:.3f} s vs "
-          f"{summary['dcd_only_step_s']:.3f} s (x{step_ratio:.3f}; CPU x{summary['step_cpu_ratio']:.3f}); whole run {summary['ldb_total_s']:.3f} s vs "
+          f"{summary['dcd_only_step_s']:.3f} s (x{step_ratio:.3f}; CPU x{summary['step_cpu_ratio']:.3f}; "
+          f"minima x{summary['step_ratio_of_minima']:.3f}); whole run {summary['ldb_total_s']:.3f} s vs "
           f"{summary['dcd_only_total_s']:.3f} s (x{total_ratio:.3f}); frames {summary['frames_written']} of "
           f"{frames}; worker peak {summary['worker_peak_mib']} MiB; queued at end of step() {behind}",
           flush=True)
@@ -244,7 +251,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="112 residues at interval 1,000 only")
     p.add_argument("--busy", action="store_true", help="also run the 112-residue runs beside a busy process")
-    p.add_argument("--pairs", type=int, default=None, help="pairs per configuration (default 3, quick 2)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="pairs for the 112-residue interval-1,000 runs, idle and busy (default 5, quick 3)")
     p.add_argument("--model", default=None, help="model file (default: the shipped model)")
     p.add_argument("--openmm-threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "reporter_overhead.json"))
@@ -253,7 +261,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    pairs = args.pairs or (2 if args.quick else 3)
+    pairs = args.pairs or (3 if args.quick else 5)  # pairs of the target configuration (112 residues, 1,000)
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         args.model, model_note = resolve_model(args.model, tmp)
@@ -262,7 +270,7 @@ def main(argv=None):
             plan = [("gb1x2", 20000, 1000, pairs)]
         else:
             # (system, steps, interval, pairs): short runs; the 10,000-residue frames take ~20 s each
-            plan = [("gb1x2", 20000, 1000, pairs), ("gb1x2", 20000, 10000, pairs), ("gb1x2", 5000, 100, pairs),
+            plan = [("gb1x2", 20000, 1000, pairs), ("gb1x2", 20000, 10000, 3), ("gb1x2", 5000, 100, 3),
                     ("gb1x18", 2000, 100, 2), ("gb1x18", 2000, 1000, 2), ("condensate", 300, 100, 1)]
         results = [measure(s, n, i, k, False, args, tmp) for s, n, i, k in plan]
         if args.busy:
@@ -279,8 +287,10 @@ def main(argv=None):
         "duration_s": round(time.time() - t_start, 1),
         "targets": {
             "gb1x2_interval_1000_idle_step_ratio": idle["step_ratio"], "target_step": 1.05,
+            "gb1x2_interval_1000_idle_step_ratio_of_minima": idle["step_ratio_of_minima"],
             "gb1x2_interval_1000_idle_total_ratio": idle["total_ratio"], "target_total": 1.10,
             "gb1x2_interval_1000_busy_step_ratio": None if busy is None else busy["step_ratio"], "target_busy": 1.10,
+            "gb1x2_interval_1000_busy_step_ratio_of_minima": None if busy is None else busy["step_ratio_of_minima"],
         },
         "results": results,
     }
