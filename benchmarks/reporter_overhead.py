@@ -22,6 +22,10 @@ Systems (OpenMM CPU platform, one thread, so that the second core is free for th
 periodic 25 x 25 x 60 nm box, started as a dense slab (10,000 residues).
 
 ``--busy`` repeats the 112-residue runs with a CPU-burning process beside them (one busy core).
+The idle 112-residue interval-1,000 configuration has a third arm as a control: DCD alone beside
+an idle-priority (``SCHED_IDLE``) spinner, a process that, like the worker, only takes CPU time
+nothing else wants: it measures how much a second active process speeds a run up on this VM
+(``awake_effect_dcd_spin_vs_dcd``), and LDB against it compares like with like.
 Ratios are medians of the per-pair ratios; ``*_ratio_of_minima`` compares the fastest run of each
 arm (the least disturbed by the rest of the machine), and ``step_cpu_ratio`` the CPU time of the
 simulation's process.  A ratio below 1.0 would mean the arms did not run
@@ -111,6 +115,9 @@ def child(cfg: dict) -> dict:
     dcd = DCDReporter(os.path.join(tmp, "cg.dcd"), cfg["interval"])
     sim.reporters.append(dcd)
     ldb = None
+    spinner = idle_spinner() if cfg["arm"] == "dcd_spin" else None
+    if spinner is not None:
+        time.sleep(0.5)
     if cfg["arm"] == "ldb":
         t0 = time.perf_counter()
         ldb = LDBReporter(os.path.join(tmp, "aa.dcd"), cfg["interval"], model=cfg["model"],
@@ -129,6 +136,9 @@ def child(cfg: dict) -> dict:
         ldb.close()
         out["frames_written"] = ldb.framesWritten
         out["worker_peak_mib"] = round(ldb.workerPeakMemory, 1)
+    if spinner is not None:
+        spinner.kill()
+        spinner.wait()
     del dcd  # DCDReporter closes its file when collected
     sim.reporters.clear()
     t2 = time.perf_counter()
@@ -158,12 +168,20 @@ def busy_process():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def measure(system, steps, interval, pairs, busy, args, tmp):
+def idle_spinner():
+    """A process that burns only CPU time nothing else wants (SCHED_IDLE, like the worker)."""
+    code = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def measure(system, steps, interval, pairs, busy, args, tmp, control=False):
+    """``control``: a third arm, DCD alone beside a SCHED_IDLE spinner (see ``awake_effect``)."""
     rows = []
     burner = busy_process() if busy else None
+    arms = ("dcd", "ldb", "dcd_spin") if control else ("dcd", "ldb")
     try:
         for p in range(pairs):
-            order = ("dcd", "ldb") if p % 2 == 0 else ("ldb", "dcd")
+            order = arms[p % len(arms):] + arms[:p % len(arms)]  # each arm goes first in turn
             pair = {}
             for arm in order:
                 d = os.path.join(tmp, f"{system}_{interval}_{p}_{arm}_{int(busy)}")
@@ -212,11 +230,25 @@ def measure(system, steps, interval, pairs, busy, args, tmp):
         "interval_that_keeps_up_upper_bound": int(round(sps * per_frame)),
         "pairs_raw": rows,
     }
+    if control:
+        # the same DCD-only run with an idle-priority spinner beside it: how much faster a run gets on
+        # this VM when another process keeps the second core awake, and LDB compared with that
+        summary["awake_effect_dcd_spin_vs_dcd"] = round(med([r["dcd_spin"]["step_s"] / r["dcd"]["step_s"]
+                                                             for r in rows]), 3)
+        summary["step_ratio_vs_dcd_spin"] = round(med([r["ldb"]["step_s"] / r["dcd_spin"]["step_s"] for r in rows]), 3)
+        summary["step_ratio_of_minima_vs_dcd_spin"] = round(min(r["ldb"]["step_s"] for r in rows)
+                                                            / min(r["dcd_spin"]["step_s"] for r in rows), 3)
+        summary["dcd_spin_step_s"] = round(med([r["dcd_spin"]["step_s"] for r in rows]), 3)
+        print(f"{'':10s} control: DCD alone beside an idle-priority spinner {summary['dcd_spin_step_s']:.3f} s "
+              f"(x{summary['awake_effect_dcd_spin_vs_dcd']:.3f} of DCD alone); LDB vs it "
+              f"x{summary['step_ratio_vs_dcd_spin']:.3f} (minima x{summary['step_ratio_of_minima_vs_dcd_spin']:.3f})",
+              flush=True)
     if step_ratio < 1.0 or total_ratio < 1.0:
         summary["note"] = ("ratio below 1.0: the LDB arm ran faster than DCD alone, which the added work cannot "
                            "cause; on these VMs a second active process (the worker) keeps the cores awake and "
-                           "makes a short OpenMM run faster (see idle_vs_busy_dcd_only). Read it as 'no measurable "
-                           "cost', within the noise of the pairs (see pairs_raw).")
+                           "makes a short OpenMM run faster (the control arm measures it: awake_effect_dcd_spin_vs_dcd, "
+                           "and step_ratio_vs_dcd_spin compares LDB with DCD beside such a process). Read it as 'no "
+                           "measurable cost', within the noise of the pairs (see pairs_raw).")
     print(f"{system:10s} interval {interval:6d} {'busy' if busy else 'idle'}: step() {summary['ldb_step_s']:.3f} s vs "
           f"{summary['dcd_only_step_s']:.3f} s (x{step_ratio:.3f}; CPU x{summary['step_cpu_ratio']:.3f}; "
           f"minima x{summary['step_ratio_of_minima']:.3f}); whole run {summary['ldb_total_s']:.3f} s vs "
@@ -272,7 +304,8 @@ def main(argv=None):
             # (system, steps, interval, pairs): short runs; the 10,000-residue frames take ~20 s each
             plan = [("gb1x2", 20000, 1000, pairs), ("gb1x2", 20000, 10000, 3), ("gb1x2", 5000, 100, 3),
                     ("gb1x18", 2000, 100, 2), ("gb1x18", 2000, 1000, 2), ("condensate", 300, 100, 1)]
-        results = [measure(s, n, i, k, False, args, tmp) for s, n, i, k in plan]
+        results = [measure(s, n, i, k, False, args, tmp, control=(s, i) == ("gb1x2", 1000))
+                   for s, n, i, k in plan]
         if args.busy:
             results.append(measure("gb1x2", 20000, 1000, pairs, True, args, tmp))
     idle = next((r for r in results if r["system"] == "gb1x2" and r["interval"] == 1000 and not r["busy_process"]))
@@ -288,6 +321,8 @@ def main(argv=None):
         "targets": {
             "gb1x2_interval_1000_idle_step_ratio": idle["step_ratio"], "target_step": 1.05,
             "gb1x2_interval_1000_idle_step_ratio_of_minima": idle["step_ratio_of_minima"],
+            "gb1x2_interval_1000_idle_step_ratio_vs_dcd_beside_idle_spinner": idle.get("step_ratio_vs_dcd_spin"),
+            "awake_effect_dcd_spin_vs_dcd": idle.get("awake_effect_dcd_spin_vs_dcd"),
             "gb1x2_interval_1000_idle_total_ratio": idle["total_ratio"], "target_total": 1.10,
             "gb1x2_interval_1000_busy_step_ratio": None if busy is None else busy["step_ratio"], "target_busy": 1.10,
             "gb1x2_interval_1000_busy_step_ratio_of_minima": None if busy is None else busy["step_ratio_of_minima"],
