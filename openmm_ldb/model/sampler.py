@@ -1,17 +1,21 @@
 """The exported function: Cα frames + sequence + chain layout + disulfides + one seed per frame
--> every atom.  Everything that decides an atom position lives here, so Python, TorchScript,
-torch.export and the C++ consumer get the same atoms:
+-> every atom.  Everything that decides an atom position lives here, so the Python Backmapper,
+the TorchScript file and the C++ consumer get the same atoms:
 
 1. the Cα trace is regularized (moved as little as needed so ideal peptide units fit it; a
    native trace is returned unchanged), unless the caller keeps Cα exactly;
-2. the latent: one pass of the best-guess networks (deterministic), or a few DDIM steps of
-   the diffusion denoiser from per-frame seeded noise (samples), decoded to torsions;
+2. the torsions: one pass of the best-guess network (deterministic; it also gives each
+   residue's expected side-chain error, the confidence), or a few DDIM steps of the diffusion
+   denoiser from per-frame seeded noise (samples);
 3. atoms by rigid groups (:meth:`GeometryTables.build_atoms`);
 4. proline rings closed analytically (chi1 grid, chi2 solved), disulfides closed by a chi1 x chi1
    grid for each declared pair;
-5. clash resolution: every residue's side-chain rotamer is chosen among the decoder's own
-   angles and chi1/chi2 rotations of them, by a few sweeps of iterated conditional modes against
-   the neighbours' current atoms (soft repulsion, a small penalty for leaving the decoder's choice).
+5. clash resolution: the worst-clashing side chains choose among small turns and rotamer jumps
+   of their own angles (iterated conditional modes, soft repulsion, a penalty for leaving the
+   network's choice); then rotatable hydrogens turn away from neighbouring atoms.
+
+:meth:`Sampler.stream` is the same function for consecutive frames of one trajectory, keeping
+rotamers from frame to frame (a coherent stream).
 """
 
 from __future__ import annotations
@@ -229,7 +233,7 @@ class Sampler(nn.Module):
         elif self.guess_ddim_steps > 0:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, self.guess_ddim_steps,
                                            samples, True)
-        atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, idx)
+        atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles)
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
 
@@ -249,8 +253,7 @@ class Sampler(nn.Module):
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
-               angles: torch.Tensor, idx: torch.Tensor, max_turn: float = 4.0
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               angles: torch.Tensor, max_turn: float = 4.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
         turned by at most ``max_turn`` radians), hydrogens.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
@@ -260,7 +263,7 @@ class Sampler(nn.Module):
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
         if self.repack_sweeps > 0:
-            angles = self.resolve_clashes(atoms, restype, angles, idx, fixed, max_turn)
+            angles = self.resolve_clashes(atoms, restype, angles, fixed, max_turn)
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
@@ -294,7 +297,7 @@ class Sampler(nn.Module):
                 d_then = torch.sqrt(((prev_ca.unsqueeze(1) - prev_ca[nb]) ** 2).sum(-1) + 1e-12)
                 keep = ((d_now - d_then).abs().mean(-1) < self.stream_gate).view(1, n, 1, 1)
                 ang = torch.cat([ang[:, :, :4], torch.where(keep, prev_chi.unsqueeze(0), ang[:, :, 4:])], dim=2)
-            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, idx[b:b + 1],
+            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang,
                                                     self.stream_max_turn if have else 4.0)
             outs.append(atoms_b)
             prev_ca, prev_chi, have = x[b], final[0, :, 4:], True
@@ -422,8 +425,8 @@ class Sampler(nn.Module):
         return fixed
 
     # ------------------------------------------------------------------ clash resolution
-    def resolve_clashes(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, idx: torch.Tensor,
-                        fixed: torch.Tensor, max_turn: float = 4.0) -> torch.Tensor:
+    def resolve_clashes(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, fixed: torch.Tensor,
+                        max_turn: float = 4.0) -> torch.Tensor:
         """Iterated conditional modes over side-chain rotamers, on the residues that clash.
 
         Candidates are the decoder's own angles turned by ``repack_offsets`` about chi1/chi2.  Each
