@@ -158,6 +158,15 @@ def main():
                               _fmt(r.get("load_average_median"), 1)]
                              for r in rep["results"]]))
         lines += ["Command: ``python benchmarks/reporter_overhead.py --busy`` (see :doc:`reporter`).", ""]
+        ctl = next((r for r in rep["results"] if "awake_effect_dcd_spin_vs_dcd" in r), None)
+        if ctl:
+            lines += [f"Control ({ctl['description']}, interval {ctl['interval']}, idle): DCD alone beside an "
+                      "idle-priority (SCHED_IDLE) spinner ran ``step()`` in "
+                      f"{_fmt(ctl['awake_effect_dcd_spin_vs_dcd'], 3)} of the time of DCD alone: on this VM a second active process makes the simulation itself "
+                      f"faster, so the idle ratios above mix the reporter's cost with that effect. LDB against "
+                      f"DCD beside the spinner (which keeps the second core awake all the time, the worker only "
+                      f"while it works): {_fmt(ctl['step_ratio_vs_dcd_spin'], 3)}. The runs beside a busy process "
+                      "(both arms with the second core awake) compare like with like.", ""]
         notes = [r["note"] for r in rep["results"] if r.get("note")]
         if notes:
             lines += [".. note::", "", "   " + notes[0], ""]
