@@ -22,7 +22,7 @@ import weakref
 import openmm.unit as unit
 
 from . import spool as sp
-from .reporting import BackmapReporterBase, bond_system, default_worker_threads, frame_from_state
+from .reporting import BackmapReporterBase, bond_system_spec, default_worker_threads, frame_from_state
 
 __all__ = ["LDBReporter", "frame_from_state"]
 
@@ -293,8 +293,7 @@ class LDBReporter(BackmapReporterBase):
 
     def _start(self, simulation, positions, box):
         self._t0 = time.perf_counter()
-        system = bond_system(simulation.system)
-        self._planInput = (simulation.topology, positions, box, system)
+        self._planInput = (simulation.topology, positions, box, simulation.system)
         integrator = simulation.integrator
         dt = integrator.getStepSize().value_in_unit(unit.picosecond) if hasattr(integrator, "getStepSize") else None
         try:
@@ -302,6 +301,7 @@ class LDBReporter(BackmapReporterBase):
         except Exception:  # noqa: BLE001
             platform = None
         threads = self._threads or default_worker_threads(simulation)
+        system = bond_system_spec(simulation.system)  # XML of the bond forces: the worker rebuilds it
         self._spool.write_topology(dict(topology=simulation.topology, system=system, positions=positions, box=box,
                                         dt_ps=dt, n_particles=len(positions), periodic=box is not None,
                                         platform=platform, threads=threads))

@@ -20,24 +20,37 @@ def frame_from_state(simulation, state, periodic=None):
     return np.asarray(positions), None if box is None else np.asarray(box)
 
 
-def bond_system(system):
-    """A copy of ``system`` with only what a plan reads from it: particles, default box,
-    constraints and the bond-type forces (any force with ``getNumBonds``): small to hand to the
-    worker process, and picklable."""
-    import copy
+def bond_system_spec(system) -> dict:
+    """What a plan reads from a CG ``System``, cheap to hand to the worker process: the particle
+    count, default box, constraints and the bond-type forces (any force with ``getNumBonds``) as
+    XML.  :func:`system_from_spec` rebuilds a System from it."""
+    import openmm
 
+    box = [[v.x, v.y, v.z] for v in (b.value_in_unit(unit.nanometer) for b in system.getDefaultPeriodicBoxVectors())]
+    return {"n_particles": system.getNumParticles(), "box": box,
+            "constraints": [tuple(system.getConstraintParameters(k))[:2] for k in range(system.getNumConstraints())],
+            "forces": [openmm.XmlSerializer.serialize(f) for f in system.getForces()
+                       if hasattr(f, "getNumBonds") and hasattr(f, "getBondParameters")]}
+
+
+def system_from_spec(spec: dict):
+    """The reduced System of :func:`bond_system_spec` (unit masses, zero-length constraints)."""
     import openmm
 
     out = openmm.System()
-    for i in range(system.getNumParticles()):
-        out.addParticle(system.getParticleMass(i))
-    out.setDefaultPeriodicBoxVectors(*system.getDefaultPeriodicBoxVectors())
-    for k in range(system.getNumConstraints()):
-        out.addConstraint(*system.getConstraintParameters(k))
-    for force in system.getForces():
-        if hasattr(force, "getNumBonds") and hasattr(force, "getBondParameters"):
-            out.addForce(copy.deepcopy(force))
+    for _ in range(int(spec["n_particles"])):
+        out.addParticle(1.0)
+    out.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*v) * unit.nanometer for v in spec["box"]])
+    for a, b in spec["constraints"]:
+        out.addConstraint(int(a), int(b), 0.1)
+    for xml in spec["forces"]:
+        out.addForce(openmm.XmlSerializer.deserialize(xml))
     return out
+
+
+def bond_system(system):
+    """A copy of ``system`` with only what a plan reads from it (see :func:`bond_system_spec`)."""
+    return system_from_spec(bond_system_spec(system))
 
 
 def plan_accepts_system(backmapper) -> bool:

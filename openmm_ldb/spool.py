@@ -383,6 +383,8 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
         bm = Backmapper(opts.get("model"), device=device, steps=opts.get("steps"))
         if opts.get("max_batch_residues"):
             bm.max_batch_residues = int(opts["max_batch_residues"])
+        if bm.device.type == "cuda":
+            _warm_up(bm)  # CUDA context, kernels and libraries load now, not at the first frame
         status[S_STATE] = READY
         while not spool.has_topology():  # the reporter writes it at the first report
             if ctl.closing:
@@ -393,9 +395,12 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
             ctl.wait(0.05)
         info = spool.topology
         torch.set_num_threads(int(threads or info.get("threads") or opts.get("threads") or 1))
-        from .reporting import plan_accepts_system
+        from .reporting import plan_accepts_system, system_from_spec
 
-        extra = {"system": info["system"]} if info.get("system") is not None and plan_accepts_system(bm) else {}
+        system = info.get("system")
+        if isinstance(system, dict):
+            system = system_from_spec(system)
+        extra = {"system": system} if system is not None and plan_accepts_system(bm) else {}
         plan = bm.plan(info["topology"], info["positions"], opts["bead_name"], opts["residues"],
                        opts["skip_unknown"], opts["hydrogens"], box_vectors=info.get("box"), **extra)
         refiner = None
@@ -457,6 +462,18 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
     if not keep:
         spool.remove()
     return written
+
+
+def _warm_up(bm) -> None:
+    """One small backmapping call (a 20-residue extended chain)."""
+    try:
+        from .cg import ca_topology
+
+        top = ca_topology("ACDEFGHIKLMNPQRSTVWY")
+        xyz = np.stack([np.arange(20) * 0.38, 0.05 * (np.arange(20) % 2), np.zeros(20)], 1)
+        bm.sample(bm.plan(top, xyz), xyz[None])
+    except Exception as exc:  # noqa: BLE001 - only a warm-up
+        logger.info("warm-up skipped: %s", exc)
 
 
 def recover(path: str, device=None, threads: int | None = None, keep: bool = False) -> int:

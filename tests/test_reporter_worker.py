@@ -249,9 +249,9 @@ def test_stream_is_the_pipeline(backmapper):
     # seeded samples: frame k of the stream gets stream_seed(seed, n, k) whatever the batch
     s1 = list(backmapper.stream(plan, frames, n_samples=2, seed=7, batch_size=3))
     s2 = list(backmapper.stream(plan, frames[3:], n_samples=2, seed=7, start_index=3))
-    assert np.abs(s1[3].positions - s2[0].positions).max() < 1e-5
+    assert np.abs(s1[3].positions - s2[0].positions).max() < 1e-4
     direct = backmapper.sample(plan, frames[4].positions, 2, seed=stream_seed(7, 2, 4), deterministic=False)[0]
-    assert np.abs(s1[4].positions * 10 - direct).max() < 1e-4
+    assert np.abs(s1[4].positions * 10 - direct).max() < 1e-3  # Å
     assert np.abs(s1[4].positions[0] - s1[4].positions[1]).max() > 1e-3  # two different samples
 
 
