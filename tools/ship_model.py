@@ -26,14 +26,15 @@ from openmm_ldb.export import default_model_path, export_model, model_from_expor
 from openmm_ldb.model import LDBConfig, LDBModel
 
 
-def training_summary(log_path: str, base: dict | None) -> dict:
+HIGHER_IS_BETTER = {"chi1_acc", "chi12_acc", "bond_validity", "disulfides_recovered"}
+
+
+def training_summary(log_path: str, base: dict | None, ck: dict) -> dict:
     rows = [json.loads(line) for line in open(log_path)]
-    steps = [r for r in rows if "loss" in r]
-    vals = [r for r in rows if "val_guess_rmsd" in r]
-    last = steps[-1] if steps else {}
+    vals = [r for r in rows if "val_guess_rmsd" in r and r["step"] <= ck["step"]]
     return {"stage_1_2": base, "best_guess_stage": {
-        "steps": last.get("step"), "cpu_hours": last.get("cpu_hours_total"),
-        "wall_minutes": last.get("wall_min_total"),
+        "steps": ck["step"], "cpu_hours": round(ck.get("cpu_seconds", 0.0) / 3600, 3),
+        "wall_minutes": round(ck.get("elapsed", 0.0) / 60, 1),
         "data": "train.tsv training clusters (1,758 chains), Cα with 0-0.3 Å Gaussian noise on half the chains",
         "validation_during_training": vals[-4:]}, "hardware": "2 CPU cores, PyTorch CPU, 1 thread"}
 
@@ -76,16 +77,18 @@ def main():
         b = np.array([r[k] for r in old["chains"]], dtype=float)
         ok = np.isfinite(a) & np.isfinite(b)
         d = a[ok] - b[ok]
+        better = d > 0 if k in HIGHER_IS_BETTER else d < 0
+        worse = d < 0 if k in HIGHER_IS_BETTER else d > 0
         paired[k] = {"candidate": round(float(a[ok].mean()), 4), "shipped": round(float(b[ok].mean()), 4),
-                     "mean_difference": round(float(d.mean()), 4), "chains_better": int((d < 0).sum()),
-                     "chains_worse": int((d > 0).sum())}
+                     "mean_difference": round(float(d.mean()), 4), "chains_better": int(better.sum()),
+                     "chains_worse": int(worse.sum())}
     print(json.dumps(paired, indent=1))
     better = paired["heavy_rmsd"]["mean_difference"] < 0
     if args.write and better:
         base = base_card.get("training", {})
         base = base.get("stage_1_2", base)
         summary = training_summary(os.path.join(os.path.dirname(os.path.abspath(args.candidate)), "train.log"),
-                                   base) if ck is not None else base_card.get("training")
+                                   base, ck) if ck is not None else base_card.get("training")
         card = {"validation": {"split": "train.tsv clusters with crc32(cluster30) % 100 < 10 (by protein)",
                                "n_chains": new["n_chains"], "n_residues": new["n_residues"],
                                "mode": "deterministic best guess with the sampler settings in this card",
