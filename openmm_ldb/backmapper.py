@@ -139,16 +139,20 @@ class Backmapper:
         always one pass of its own network.
     max_batch_residues : int
         Frames x samples x residues per model call; larger batches are split (bounded memory).
+    settings : dict, optional
+        Sampler settings to override (``openmm_ldb.model.sampler.DEFAULT_SETTINGS``); e.g.
+        ``{"guess_ddim_steps": 4}`` for a slower, more accurate best guess (measured in
+        ``docs/benchmarks.rst``).
     """
 
     def __init__(self, model: str | None = None, device=None, threads: int | None = None, steps: int | None = None,
-                 max_batch_residues: int = 16384):
+                 max_batch_residues: int = 16384, settings: dict | None = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if threads:
             torch.set_num_threads(int(threads))
-        self.module, self.card = load_model(model, self.device)
+        self.module, self.card = load_model(model, self.device, settings=settings)
         self.steps = None if steps is None else int(steps)
         self.max_batch_residues = int(max_batch_residues)
         self._plans: dict = {}

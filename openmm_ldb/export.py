@@ -132,12 +132,14 @@ def default_model_path() -> str:
     return str(resources.files("openmm_ldb").joinpath("weights", "ldb_default.pt"))
 
 
-def load_model(path: str | None = None, device: str | torch.device = "cpu", python: bool = True):
+def load_model(path: str | None = None, device: str | torch.device = "cpu", python: bool = True,
+               settings: dict | None = None):
     """Load an exported model; returns ``(module, card)``.  Checks the model card.
 
     With ``python`` (the default) a TorchScript file's weights and sampler settings are loaded
     into this package's :class:`Sampler` (the same function, no compile-on-first-call delay);
-    ``python=False`` returns the scripted module itself, as libtorch sees it.
+    ``python=False`` returns the scripted module itself, as libtorch sees it.  ``settings``
+    override the card's sampler settings (Python module only).
     """
     path = path or default_model_path()
     if not os.path.exists(path):
@@ -166,5 +168,5 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu", pyth
                          f"({card.get('geometry_fingerprint')} != {geometry_fingerprint()})")
     if python:
         model, _ = model_from_exported(path, module=module, card=card)
-        module = Sampler(model, card.get("sampler_settings")).eval().to(device)
+        module = Sampler(model, {**card.get("sampler_settings", {}), **(settings or {})}).eval().to(device)
     return module, card
