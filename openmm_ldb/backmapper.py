@@ -441,10 +441,13 @@ class Backmapper:
             kwargs = dict(options)
             if seeds is not None:
                 kwargs["seeds"] = seeds
+            info: dict = {}
             xyz = self.sample(plan, positions, n_samples, seed=None, deterministic=deterministic, box_vectors=box,
-                              **kwargs)
+                              info=info, **kwargs)
             per_frame = [xyz[f] for f in range(len(batch))]
+            errors = info.get("expected_error")
         else:  # a sampler without per-frame seeds: one call per frame keeps frame k's seed
+            errors = None
             per_frame = [self.sample(plan, f.positions[None], n_samples, seed=seeds[k], deterministic=False,
                                      box_vectors=None if f.box is None else f.box[None], **options)[0]
                          for k, f in enumerate(batch)]
@@ -452,7 +455,8 @@ class Backmapper:
             xyz = np.asarray(xyz, dtype=np.float64) / NM_TO_ANGSTROM  # [S, atoms, 3] nm
             if refiner is not None:
                 xyz = np.stack([refiner.minimize(x) for x in xyz])
-            yield AAFrame(index + k, frame.step, frame.time, frame.box, xyz)
+            yield AAFrame(index + k, frame.step, frame.time, frame.box, xyz,
+                          None if errors is None else np.asarray(errors[k]))
 
 
 def _topology_key(topology) -> tuple:

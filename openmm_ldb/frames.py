@@ -51,3 +51,5 @@ class AAFrame:
     time: float | None
     box: np.ndarray | None
     positions: np.ndarray
+    # [n_samples, n_cg_residues] expected side-chain error (Å) of every backmapped residue
+    expected_error: np.ndarray | None = None

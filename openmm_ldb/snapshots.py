@@ -11,12 +11,11 @@ and cut regions (e.g. a binding pocket) out of them.
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import openmm.unit as unit
-from openmm.app import PDBFile, Topology
+from openmm.app import Topology
 
 from .frames import CGFrame
 from .reporting import BackmapReporterBase, frame_from_state
@@ -135,45 +134,11 @@ def _pdb_ids(topology: Topology, keep_ids: bool) -> dict:
     return ids
 
 
-def _ids_writable(topology: Topology) -> bool:
-    for chain in topology.chains():
-        if len(chain.id) > 1:
-            return False
-        for res in chain.residues():
-            rid = str(res.id).strip()
-            if not rid.lstrip("-").isdigit() or len(rid) > 4:
-                return False
-    return True
-
-
-def ssbond_records(topology: Topology, positions=None, keep_ids: bool = True) -> list[str]:
-    """PDB ``SSBOND`` lines for the SG–SG bonds of a topology (with lengths when positions are given)."""
-    xyz = None
-    if positions is not None:
-        xyz = positions.value_in_unit(unit.angstrom) if unit.is_quantity(positions) else \
-            np.asarray(positions) * 10.0
-        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    ids = _pdb_ids(topology, keep_ids)
-    lines = []
-    for bond in topology.bonds():
-        a, b = bond[0], bond[1]
-        if a.name != "SG" or b.name != "SG" or a.residue is b.residue:
-            continue
-        if a.residue.index > b.residue.index:
-            a, b = b, a
-        (c1, r1), (c2, r2) = ids[a.residue], ids[b.residue]
-        ic1 = (getattr(a.residue, "insertionCode", "") or " ")[:1]
-        ic2 = (getattr(b.residue, "insertionCode", "") or " ")[:1]
-        line = f"SSBOND {len(lines) + 1:3d} CYS {c1} {r1:>4s}{ic1}   CYS {c2} {r2:>4s}{ic2}"
-        line = line.ljust(59) + "  1555   1555"  # columns 60-65 and 67-72: symmetry operators
-        if xyz is not None:
-            line += f" {np.linalg.norm(xyz[a.index] - xyz[b.index]):5.2f}"  # columns 74-78: length (Å)
-        lines.append(line)
-    return lines
+from .writers.common import ssbond_records  # noqa: E402,F401 - one SSBOND writer, re-exported here
 
 
 def write_pdb(topology: Topology, positions, file, standard_names: bool = True, remarks=(),
-              keep_ids: bool | None = None) -> None:
+              keep_ids: bool | None = None, bfactors=None, max_ss: float | None = None) -> None:
     """Write one structure as a complete PDB file with ``SSBOND`` and ``CONECT`` records.
 
     Parameters
@@ -190,31 +155,55 @@ def write_pdb(topology: Topology, positions, file, standard_names: bool = True, 
         Text for ``REMARK 99`` lines.
     keep_ids : bool, optional
         Keep the topology's residue numbers and chain ids (default: when they fit PDB columns).
+    bfactors : array, optional
+        Per atom or per residue values for the B-factor column (the expected side-chain error).
+    max_ss : float, optional
+        A disulfide of the topology whose SG–SG is longer than this (Å) in these positions is
+        not declared in this file (no SSBOND, no CONECT; a REMARK says so).  Off by default: the
+        residue stays CYX without its bond, which amber14 then refuses; the SSBOND record
+        carries the SG–SG length of the frame either way.
     """
-    if standard_names:
-        topology, positions = subset(topology, positions, rename=PDB_RESIDUE_NAMES)
-    if not unit.is_quantity(positions):
-        positions = unit.Quantity(np.asarray(positions, dtype=np.float64), unit.nanometer)
-    if keep_ids is None:
-        keep_ids = _ids_writable(topology)
-    header = io.StringIO()
-    PDBFile.writeHeader(topology, header)
-    head = header.getvalue().splitlines()
-    lines = [h for h in head if h.startswith("REMARK")]
-    lines += [f"REMARK  99 {text}" for r in remarks for text in str(r).splitlines()]
-    lines += ssbond_records(topology, positions, keep_ids)
-    lines += [h for h in head if not h.startswith("REMARK")]
-    body = io.StringIO()
-    PDBFile.writeModel(topology, positions, body, keepIds=keep_ids)
-    PDBFile.writeFooter(topology, body)
-    text = "\n".join(lines) + "\n" + body.getvalue()
+    from .writers.common import write_pdb_file
+
+    xyz = positions.value_in_unit(unit.nanometer) if unit.is_quantity(positions) else positions
+    xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    remarks = list(remarks)
+    if max_ss is not None:
+        open_bonds = [(a, b) for a, b in topology.bonds() if a.name == "SG" and b.name == "SG"
+                      and np.linalg.norm(xyz[a.index] - xyz[b.index]) * 10.0 > max_ss]
+        if open_bonds:
+            topology = _without_bonds(topology, open_bonds)
+            remarks += [f"disulfide {a.residue.name}{a.residue.id}-{b.residue.name}{b.residue.id} not closed in "
+                        f"this frame (SG-SG {np.linalg.norm(xyz[a.index] - xyz[b.index]) * 10.0:.2f} A): "
+                        f"not declared" for a, b in open_bonds]
     if isinstance(file, (str, os.PathLike)):
         tmp = os.fspath(file) + ".tmp"
         with open(tmp, "w") as f:
-            f.write(text)
+            write_pdb_file(topology, xyz, f, keep_ids, standard_names, bfactors, remarks)
         os.replace(tmp, file)  # a reader never sees half a file
     else:
-        file.write(text)
+        write_pdb_file(topology, xyz, file, keep_ids, standard_names, bfactors, remarks)
+
+
+def _without_bonds(topology: Topology, drop) -> Topology:
+    """A copy of ``topology`` without the bonds ``drop`` (pairs of atoms)."""
+    gone = {frozenset((a.index, b.index)) for a, b in drop}
+    out, _ = subset(topology, np.zeros((topology.getNumAtoms(), 3)))
+    atoms = list(out.atoms())
+    kept = [(atoms[a.index], atoms[b.index], bond.type, bond.order) for bond in topology.bonds()
+            for a, b in [(bond[0], bond[1])] if frozenset((a.index, b.index)) not in gone]
+    result = Topology()
+    result.setPeriodicBoxVectors(out.getPeriodicBoxVectors())
+    amap = {}
+    for chain in out.chains():
+        c = result.addChain(chain.id)
+        for res in chain.residues():
+            r = result.addResidue(res.name, c, id=res.id, insertionCode=getattr(res, "insertionCode", ""))
+            for atom in res.atoms():
+                amap[atom] = result.addAtom(atom.name, atom.element, r, id=atom.id)
+    for a, b, t, o in kept:
+        result.addBond(amap[a], amap[b], type=t, order=o)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- reporter
@@ -325,8 +314,13 @@ class SnapshotReporter(BackmapReporterBase):
                                    f"energy {self._refiner.energy(aa.positions[s]):.1f} kJ/mol (with Cα restraints)")
                 path = snapshot_path(self._directory, self._prefix, aa.step, s if self._nSamples > 1 else None,
                                      self._digits)
+                bfactors = None
+                if aa.expected_error is not None:  # per atom: its residue's expected side-chain error
+                    bfactors = aa.expected_error[s][self.plan.layout.residue]
+                    remarks.append("B-factor column: expected side-chain error of the residue (Å), "
+                                   "the model's per-residue confidence")
                 write_pdb(self.plan.topology, aa.positions[s], path, standard_names=self._standardNames,
-                          remarks=remarks)
+                          remarks=remarks, bfactors=bfactors)
                 self._files.append(path)
         self._frameIndex += 1
 

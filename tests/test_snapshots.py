@@ -165,3 +165,20 @@ def test_example_quick(tiny_model, tmp_path):
         ids = [r.id for r in pdb.topology.residues()]
         assert "30" in ids and len(ids) == pocket["residues"] < 56
         assert "docking box centre" in path.read_text()
+
+
+def test_snapshot_carries_confidence_and_open_disulfides_can_be_left_undeclared(hairpin_sim, backmapper, tmp_path):
+    """The B-factor column holds each residue's expected side-chain error (the model's
+    confidence); with max_ss, a disulfide open in the frame is not declared."""
+    reporter = SnapshotReporter(str(tmp_path / "snaps"), 50, backmapper=backmapper)
+    hairpin_sim.reporters.append(reporter)
+    hairpin_sim.step(50)
+    pdb, lines = _read(reporter.files[0])
+    b = [float(ln[60:66]) for ln in lines if ln.startswith("ATOM")]
+    assert len(b) == pdb.topology.getNumAtoms() and min(b) > 0.0 and len(set(b)) > 3
+    assert any("expected side-chain error" in ln for ln in lines if ln.startswith("REMARK"))
+    xyz = pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    out = tmp_path / "strict.pdb"
+    write_pdb(reporter.topology, xyz, str(out), max_ss=0.5)   # every S–S counts as open
+    text = out.read_text()
+    assert "SSBOND" not in text and "not declared" in text

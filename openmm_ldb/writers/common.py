@@ -200,8 +200,8 @@ def write_pdb_file(topology, positions, file, keep_ids=None, standard_names=True
     ``standard_names=False``), ``SSBOND`` and ``CONECT`` records for disulfides, CRYST1 for a
     periodic topology, and the topology's chain ids and residue numbers when they fit.
 
-    ``bfactors``: one value per residue (e.g. the model's expected side-chain error, Å) written
-    to the B-factor column of every atom of that residue; ``remarks``: ``REMARK 99`` lines.
+    ``bfactors``: one value per atom or per residue (e.g. the model's expected side-chain error,
+    Å) for the B-factor column; ``remarks``: ``REMARK 99`` lines.
     """
     if standard_names:
         topology = pdb_named_topology(topology)
@@ -220,13 +220,18 @@ def write_pdb_file(topology, positions, file, keep_ids=None, standard_names=True
     file.write(head + text)
 
 
-def _with_bfactors(text, topology, per_residue):
-    """The PDB text with columns 61-66 (B-factor) of atom records set per residue."""
-    residue_of = [a.residue.index for a in topology.atoms()]
+def _with_bfactors(text, topology, values):
+    """The PDB text with columns 61-66 (B-factor) of atom records set per atom (``values`` of
+    length n_atoms) or per residue (length n_residues)."""
+    atoms = list(topology.atoms())
+    if len(values) == len(atoms):
+        per_atom = values
+    else:
+        per_atom = [values[a.residue.index] for a in atoms]
     out, k = [], 0
     for line in text.splitlines():
-        if line.startswith(('ATOM  ', 'HETATM')) and k < len(residue_of):
-            value = min(max(float(per_residue[residue_of[k]]), 0.0), 999.99)
+        if line.startswith(('ATOM  ', 'HETATM')) and k < len(per_atom):
+            value = min(max(float(per_atom[k]), 0.0), 999.99)
             line = line[:60].ljust(60) + '%6.2f' % value + line[66:]
             k += 1
         out.append(line)
