@@ -153,7 +153,9 @@ class BackmapReporterBase(object):
 
     def _makePlan(self, cg_topology, positions, box, system=None):
         bm = self._getBackmapper()
-        kwargs = {"system": system} if system is not None and plan_accepts_system(bm) else {}
+        kwargs = {"entry_point": "reporter"} if plan_accepts_system(bm) else {}  # errors say skipUnknown
+        if system is not None and kwargs:
+            kwargs["system"] = system
         return bm.plan(cg_topology, positions, self._beadName, self._residues, self._skipUnknown, self._hydrogens,
                        box_vectors=box, **kwargs)
 

@@ -400,7 +400,9 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
         system = info.get("system")
         if isinstance(system, dict):
             system = system_from_spec(system)
-        extra = {"system": system} if system is not None and plan_accepts_system(bm) else {}
+        extra = {"entry_point": "reporter"} if plan_accepts_system(bm) else {}
+        if system is not None and extra:
+            extra["system"] = system
         plan = bm.plan(info["topology"], info["positions"], opts["bead_name"], opts["residues"],
                        opts["skip_unknown"], opts["hydrogens"], box_vectors=info.get("box"), **extra)
         refiner = None
