@@ -249,7 +249,10 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
             bond = x[:, 1:] - x[:, :-1]
             d = torch.sqrt((bond * bond).sum(-1) + 1e-12)
             excess = (d - torch.minimum(torch.maximum(d, lo), hi)) * bond_ok * ((k1 % 2) == parity).to(ca.dtype)
-            if bool((excess.abs() > 1e-4).any()):
+            # violations below the tolerance are left alone in every frame, so that a frame's
+            # result does not depend on the other frames of its batch
+            excess = torch.where(excess.abs() > 1e-4, excess, torch.zeros_like(excess))
+            if bool((excess != 0).any()):
                 moved = True
                 corr = (excess / d).unsqueeze(-1) * bond * 0.5
                 z1 = torch.zeros_like(x[:, :1])
@@ -258,7 +261,8 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
                 span = x[:, 2:] - x[:, :-2]
                 d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
                 short = torch.clamp(d2 - min_ca_i2, max=0.0) * span_ok * (((k2 // 2) % 2) == parity).to(ca.dtype)
-                if bool((short < -1e-4).any()):
+                short = torch.where(short < -1e-4, short, torch.zeros_like(short))
+                if bool((short != 0).any()):
                     moved = True
                     corr2 = (short / d2).unsqueeze(-1) * span * 0.5
                     z2 = torch.zeros_like(x[:, :2])
