@@ -73,6 +73,12 @@ def nearest_points(query: torch.Tensor, points: torch.Tensor, k: int, chunk: int
     return idx
 
 
+def _stable_argmin(score: torch.Tensor, dim: int) -> torch.Tensor:
+    """argmin of ``score`` rounded to 1e-4: float noise of the last bits (another batch size,
+    another device) does not change a choice; ties go to the first candidate."""
+    return torch.round(score * 1e4).argmin(dim)
+
+
 def gather_residues(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [B, N, A, 3], idx [B, T, K] -> [B, T, K, A, 3]."""
     b, n, a = x.shape[0], x.shape[1], x.shape[2]
@@ -248,8 +254,15 @@ class Sampler(nn.Module):
         mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
         node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
         rt = restype.unsqueeze(0).expand(m, n)
-        angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
-                                                 self.latent_std)
+        # one network call per frame: a matrix product's rounding depends on how many rows it
+        # has, and the discrete choices downstream would carry that into the atoms, so a
+        # frame's atoms would depend on its batch
+        outs: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for b in range(m):
+            outs.append(self.best_guess(node[b:b + 1], edge[b:b + 1], rel[b:b + 1], idx[b:b + 1], valid[b:b + 1],
+                                        rt[b:b + 1], mask[b:b + 1], self.latent_mean, self.latent_std))
+        angles = torch.cat([o[0] for o in outs], 0)
+        expected_error = torch.cat([o[1] for o in outs], 0)
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
@@ -309,16 +322,27 @@ class Sampler(nn.Module):
                          samples: int, mean: bool) -> torch.Tensor:
         """DDIM over the latents from noise seeded per frame (``seeds[b]``, stream = sample index),
         snapped to the nearest code and decoded; with ``mean``, from zero noise, the continuous
-        latent decoded (a deterministic best guess)."""
+        latent decoded (a deterministic best guess).  One network pass per frame (its samples
+        together), so a frame's result does not depend on the rest of its batch."""
         m, n = node.shape[0], node.shape[1]
-        if mean:
-            z = torch.zeros(m, n, self.latent_dim, device=node.device, dtype=node.dtype)
-        else:
-            noise: List[torch.Tensor] = []
-            for b in range(seeds.shape[0]):
+        frames = m // samples
+        out: List[torch.Tensor] = []
+        for b in range(frames):
+            r0, r1 = b * samples, (b + 1) * samples
+            if mean:
+                z = torch.zeros(samples, n, self.latent_dim, device=node.device, dtype=node.dtype)
+            else:
+                noise: List[torch.Tensor] = []
                 for s in range(samples):
                     noise.append(hash_normal([n, self.latent_dim], int(seeds[b]), s, node.device))
-            z = torch.stack(noise, 0).to(node.dtype)
+                z = torch.stack(noise, 0).to(node.dtype)
+            out.append(self.ddim(node[r0:r1], edge[r0:r1], rel[r0:r1], idx[r0:r1], valid[r0:r1], rt[r0:r1],
+                                 mask[r0:r1], z, steps, mean))
+        return torch.cat(out, 0)
+
+    def ddim(self, node, edge, rel, idx, valid, rt, mask, z: torch.Tensor, steps: int, mean: bool) -> torch.Tensor:
+        """``steps`` DDIM steps of the denoiser from ``z``, then the decoder."""
+        m = node.shape[0]
         steps = max(int(steps), 1)
         for k in range(steps):
             t_now = 1.0 - k / steps
@@ -333,10 +357,9 @@ class Sampler(nn.Module):
                 eps = (z - torch.sqrt(ab_now) * x0) / torch.sqrt(1.0 - ab_now)
                 z = torch.sqrt(ab_next) * x0 + torch.sqrt(1.0 - ab_next) * eps
         latent = z * self.latent_std + self.latent_mean
-        if mean:
-            return self.decoder(node, edge, rel, idx, valid, rt, mask, latent)
-        zq = self.quantizer.lookup(self.quantizer.nearest(latent))
-        return self.decoder(node, edge, rel, idx, valid, rt, mask, zq)
+        if not mean:
+            latent = self.quantizer.lookup(self.quantizer.nearest(latent))
+        return self.decoder(node, edge, rel, idx, valid, rt, mask, latent)
 
     # ------------------------------------------------------------------ rings and bonds
     def close_prolines(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -367,7 +390,7 @@ class Sampler(nn.Module):
         gap = (torch.sqrt(((cd - n_at.unsqueeze(2)) ** 2).sum(-1)) - self.bond_n_cd).abs()
         own = torch.atan2(angles[..., 4, 1], angles[..., 4, 0]).unsqueeze(-1)
         score = gap + 0.01 * (1.0 - torch.cos(g.view(1, 1, -1) - own))
-        best = score.argmin(-1, keepdim=True)                              # [B, N, 1]
+        best = _stable_argmin(score, -1).unsqueeze(-1)                     # [B, N, 1]
         chi1 = g[best.squeeze(-1)]
         chi2b = torch.gather(chi2, 2, best).squeeze(-1)
         new = angles.clone()
@@ -406,7 +429,7 @@ class Sampler(nn.Module):
         # the bond first: angles only choose among closures of (nearly) equal length
         score = 4.0 * (d - self.bond_sg_sg) ** 2 + 0.1 * ((cos_i - ideal) ** 2 + (cos_j - ideal) ** 2)
         gsz = g.shape[0]
-        flat = score.reshape(score.shape[0], score.shape[1], gsz * gsz).argmin(-1)   # [B, P]
+        flat = _stable_argmin(score.reshape(score.shape[0], score.shape[1], gsz * gsz), -1)   # [B, P]
         chi_i = g[torch.div(flat, gsz, rounding_mode="floor")]
         chi_j = g[flat % gsz]
         new = angles.clone()
@@ -481,7 +504,7 @@ class Sampler(nn.Module):
                 e = self.side_chain_energy(cand_t, worst, restype, rows_of(nb, worst), cur, rows_of(bb_idx, worst),
                                            rows_of(bb_keep, worst), bb) + pen.view(ncand, 1, 1)
                 active = e_cur.gather(1, worst) > 0
-                new_choice = torch.where(active, e.argmin(0), choice.gather(1, worst))
+                new_choice = torch.where(active, _stable_argmin(e, 0), choice.gather(1, worst))
                 choice = choice.index_put((rows.expand(m, t), worst), new_choice)
                 cur = torch.gather(cand, 0, choice.view(1, m, n, 1, 1).expand(1, m, n, cand.shape[3], 3))[0]
         sel = choice.view(1, m, n, 1, 1).expand(1, m, n, angles.shape[-2], 2)
@@ -537,11 +560,12 @@ class Sampler(nn.Module):
                     axis * (axis * v).sum(-1, keepdim=True) * (1.0 - cs)
                 cands.append(p.unsqueeze(3) + turned)                          # [M, N, 2, 3, 3]
             hc = torch.stack(cands, 2)                                         # [M, N, 3, 2, 3, 3]
-            d = torch.cdist(hc.reshape(m * n, 18, 3), others)                  # [M*N, 18, K*S]
+            origin = p[:, :, :1].reshape(m * n, 1, 3)                          # near the origin (precision)
+            d = torch.cdist(hc.reshape(m * n, 18, 3) - origin, others - origin)  # [M*N, 18, K*S]
             e = (torch.relu(self.hydrogen_cutoff - d) ** 2 * w_others).sum(-1).view(m, n, 3, 2, 3)
             e = (e * h_ok.view(1, n, 1, 2, 3)).sum(-1)                         # [M, N, 3 turns, 2 rotors]
             e = e + torch.tensor([0.0, 0.01, 0.01], device=atoms.device, dtype=atoms.dtype).view(1, 1, 3, 1)
-            best = e.argmin(2)                                                 # [M, N, 2]
+            best = _stable_argmin(e, 2)                                        # [M, N, 2]
             cand_stack = hc.permute(2, 0, 1, 3, 4, 5)                          # [3, M, N, 2, 3, 3]
             new_h = torch.gather(cand_stack, 0, best.view(1, m, n, 2, 1, 1).expand(1, m, n, 2, 3, 3))[0]
             write = (rot[:, :, 2:] >= 0) & (step > 0).unsqueeze(-1)            # [N, 2, 3]
@@ -573,7 +597,11 @@ class Sampler(nn.Module):
         [M, T, A]) and neighbour atoms ``other`` [M, T, K, B, 3] (weights ``other_w`` [M, T, K, B])."""
         c, m, t, a = cand.shape[0], cand.shape[1], cand.shape[2], cand.shape[3]
         kb = other.shape[2] * other.shape[3]
-        # one distance matrix per (candidate, residue): A own atoms x K*B neighbour atoms
-        d = torch.cdist(cand.reshape(c, m * t, a, 3), other.reshape(1, m * t, kb, 3).expand(c, m * t, kb, 3))
+        # one distance matrix per (candidate, residue): A own atoms x K*B neighbour atoms.  Both
+        # sides are moved next to the origin first: cdist's matrix-product form loses precision
+        # with large coordinates, and its rounding would then depend on the batch size
+        origin = other[:, :, :1, :1].reshape(1, m * t, 1, 3)
+        d = torch.cdist(cand.reshape(c, m * t, a, 3) - origin,
+                        (other.reshape(1, m * t, kb, 3) - origin).expand(c, m * t, kb, 3))
         w = own_w.reshape(1, m * t, a, 1) * other_w.reshape(1, m * t, 1, kb)
         return (torch.relu(self.repack_cutoff - d) ** 2 * w).sum((2, 3)).view(c, m, t)
