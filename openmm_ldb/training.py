@@ -207,10 +207,10 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
             used, ppl = model.quantizer.usage(outd["codes"], batch["mask"])
             now = time.time()
             _log(log_path, {"step": step, "phase": phase, "elapsed_min": round((now - t0) / 60, 2),
-                            "loss": round(float(outd["loss"]), 4), "angle": round(float(outd["angle"]), 4),
-                            "coord": round(float(outd["coord"]), 4), "recon_rmsd": round(float(outd["rmsd"]), 3),
-                            "diffusion": round(float(outd["diffusion"]), 4), "commit": round(float(outd["commit"]), 4),
-                            "clash": round(float(outd["clash"]), 4), "ring": round(float(outd["ring"]), 4),
+                            "loss": round(float(outd["loss"].detach()), 4), "angle": round(float(outd["angle"].detach()), 4),
+                            "coord": round(float(outd["coord"].detach()), 4), "recon_rmsd": round(float(outd["rmsd"].detach()), 3),
+                            "diffusion": round(float(outd["diffusion"].detach()), 4), "commit": round(float(outd["commit"].detach()), 4),
+                            "clash": round(float(outd["clash"].detach()), 4), "ring": round(float(outd["ring"].detach()), 4),
                             "codes_used": round(used, 3), "perplexity": round(ppl, 1),
                             "sec_per_step": round((now - last) / log_every, 3)})
             last = now
@@ -329,10 +329,10 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         if step % log_every == 0:
             now = time.time()
             _log(log_path, {"step": step, "phase": "guess", "lr": round(lr * scale, 6),
-                            "loss": round(float(outd["loss"]), 4), "angle": round(float(outd["angle"]), 4),
-                            "coord": round(float(outd["coord"]), 4), "rmsd": round(float(outd["rmsd"]), 3),
-                            "clash": round(float(outd["clash"]), 4), "ring": round(float(outd["ring"]), 4),
-                            "error_head": round(float(outd["error_head"]), 4),
+                            "loss": round(float(outd["loss"].detach()), 4), "angle": round(float(outd["angle"].detach()), 4),
+                            "coord": round(float(outd["coord"].detach()), 4), "rmsd": round(float(outd["rmsd"].detach()), 3),
+                            "clash": round(float(outd["clash"].detach()), 4), "ring": round(float(outd["ring"].detach()), 4),
+                            "error_head": round(float(outd["error_head"].detach()), 4),
                             "sec_per_step": round((now - last) / log_every, 3),
                             "wall_min_total": round((wall_before + now - t0) / 60, 2),
                             "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})
