@@ -74,9 +74,9 @@ def nearest_points(query: torch.Tensor, points: torch.Tensor, k: int, chunk: int
 
 
 def _stable_argmin(score: torch.Tensor, dim: int) -> torch.Tensor:
-    """argmin of ``score`` rounded to 1e-4: float noise of the last bits (another batch size,
-    another device) does not change a choice; ties go to the first candidate."""
-    return torch.round(score * 1e4).argmin(dim)
+    """argmin of ``score`` rounded to 0.01: float noise of the last bits (another batch size,
+    another device) rarely changes a choice; ties go to the first candidate."""
+    return torch.round(score * 100.0).argmin(dim)
 
 
 def gather_residues(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -254,15 +254,21 @@ class Sampler(nn.Module):
         mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
         node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
         rt = restype.unsqueeze(0).expand(m, n)
-        # one network call per frame: a matrix product's rounding depends on how many rows it
-        # has, and the discrete choices downstream would carry that into the atoms, so a
-        # frame's atoms would depend on its batch
-        outs: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        for b in range(m):
-            outs.append(self.best_guess(node[b:b + 1], edge[b:b + 1], rel[b:b + 1], idx[b:b + 1], valid[b:b + 1],
-                                        rt[b:b + 1], mask[b:b + 1], self.latent_mean, self.latent_std))
-        angles = torch.cat([o[0] for o in outs], 0)
-        expected_error = torch.cat([o[1] for o in outs], 0)
+        if node.device.type == "cpu":
+            # one network call per frame: a matrix product's rounding depends on how many rows it
+            # has, and the discrete choices downstream would carry that into the atoms, so a
+            # frame's atoms would depend on its batch (on a GPU the batch is kept whole: launching
+            # one network per frame costs up to 15x the throughput)
+            outs: List[Tuple[torch.Tensor, torch.Tensor]] = []
+            for b in range(m):
+                outs.append(self.best_guess(node[b:b + 1], edge[b:b + 1], rel[b:b + 1], idx[b:b + 1],
+                                            valid[b:b + 1], rt[b:b + 1], mask[b:b + 1], self.latent_mean,
+                                            self.latent_std))
+            angles = torch.cat([o[0] for o in outs], 0)
+            expected_error = torch.cat([o[1] for o in outs], 0)
+        else:
+            angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
+                                                     self.latent_std)
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
@@ -322,22 +328,24 @@ class Sampler(nn.Module):
                          samples: int, mean: bool) -> torch.Tensor:
         """DDIM over the latents from noise seeded per frame (``seeds[b]``, stream = sample index),
         snapped to the nearest code and decoded; with ``mean``, from zero noise, the continuous
-        latent decoded (a deterministic best guess).  One network pass per frame (its samples
-        together), so a frame's result does not depend on the rest of its batch."""
+        latent decoded (a deterministic best guess).  On the CPU one network pass per frame (its
+        samples together), so a frame's result does not depend on the rest of its batch."""
         m, n = node.shape[0], node.shape[1]
-        frames = m // samples
-        out: List[torch.Tensor] = []
-        for b in range(frames):
-            r0, r1 = b * samples, (b + 1) * samples
-            if mean:
-                z = torch.zeros(samples, n, self.latent_dim, device=node.device, dtype=node.dtype)
-            else:
-                noise: List[torch.Tensor] = []
+        if mean:
+            z = torch.zeros(m, n, self.latent_dim, device=node.device, dtype=node.dtype)
+        else:
+            noise: List[torch.Tensor] = []
+            for b in range(m // samples):
                 for s in range(samples):
                     noise.append(hash_normal([n, self.latent_dim], int(seeds[b]), s, node.device))
-                z = torch.stack(noise, 0).to(node.dtype)
+            z = torch.stack(noise, 0).to(node.dtype)
+        if node.device.type != "cpu":  # see trace_and_guess: a GPU keeps the batch whole
+            return self.ddim(node, edge, rel, idx, valid, rt, mask, z, steps, mean)
+        out: List[torch.Tensor] = []
+        for b in range(m // samples):
+            r0, r1 = b * samples, (b + 1) * samples
             out.append(self.ddim(node[r0:r1], edge[r0:r1], rel[r0:r1], idx[r0:r1], valid[r0:r1], rt[r0:r1],
-                                 mask[r0:r1], z, steps, mean))
+                                 mask[r0:r1], z[r0:r1], steps, mean))
         return torch.cat(out, 0)
 
     def ddim(self, node, edge, rel, idx, valid, rt, mask, z: torch.Tensor, steps: int, mean: bool) -> torch.Tensor:
@@ -488,12 +496,13 @@ class Sampler(nn.Module):
         everyone = pos.view(1, n).expand(m, n)
         for cycle in range(self.repack_sweeps):
             # the current side chains' clash energy [M, N]; the worst eighth get to move, in three
-            # rounds (so that two clashing neighbours, adjacent in this order, rarely move together)
+            # rounds (so that two clashing neighbours, adjacent in this order, rarely move together);
+            # energies are ranked rounded to 0.01, then by position
             e_cur = self.side_chain_energy(cur.unsqueeze(0), everyone, restype, nb, cur, bb_idx, bb_keep, bb)[0]
             e_cur = e_cur * movable.view(1, n)
             # two residues that clash with each other score the same: rank by energy rounded to
             # 1e-4, then by position, so that CPU, CUDA and C++ pick the same ones
-            key = torch.floor(e_cur * 1e4).to(torch.int64) * n + (n - 1 - pos.view(1, n))
+            key = torch.floor(e_cur * 100.0).to(torch.int64) * n + (n - 1 - pos.view(1, n))
             worst_all = torch.topk(key, n_active, dim=-1)[1]                  # [M, T]
             for r in range(3):
                 worst = worst_all[:, r::3]
