@@ -85,7 +85,9 @@ def test_report_never_blocks_when_worker_is_slow(tmp_path, caplog):
 def _script(tmp_path, model, body, interval=10, delay=0.3):
     """A CG run with LDBReporter (no ``with`` block, no close) that prints accepted frame counts."""
     return textwrap.dedent(f"""
-        import os, sys, time
+        import os, signal, sys, time
+        # Ctrl-C raises KeyboardInterrupt even where the parent ignores SIGINT (background jobs)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import torch; torch.set_num_threads(1)
         from openmm_ldb import cg
         from openmm_ldb.reporter import LDBReporter
