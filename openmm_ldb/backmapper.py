@@ -297,11 +297,12 @@ class Backmapper:
                 chunk = torch.as_tensor(ca[start:start + frames_per_call], dtype=torch.float32, device=self.device)
                 frame_seeds = torch.as_tensor(seeds[start:start + frames_per_call], device=self.device)
                 if coherent:
-                    prior_ca = stream_state.get("ca", torch.zeros(n, 3, device=self.device))
-                    prior_chi = stream_state.get("chi", torch.zeros(n, 4, 2, device=self.device))
-                    atoms, _, shift, error, last_ca, last_chi = self.module.stream(
-                        chunk, restype, segment, pairs, prior_ca, prior_chi, "ca" in stream_state, bool(keep_ca))
-                    stream_state["ca"], stream_state["chi"] = last_ca, last_chi
+                    empty = torch.zeros(n, 1, device=self.device)
+                    atoms, _, shift, error, *state = self.module.stream(
+                        chunk, restype, segment, pairs, stream_state.get("anchor_idx", empty.long()),
+                        stream_state.get("anchor_dist", empty), stream_state.get("chi", torch.zeros(n, 4, 2, device=self.device)),
+                        "chi" in stream_state, bool(keep_ca))
+                    stream_state.update(zip(("anchor_idx", "anchor_dist", "chi"), state))
                 else:
                     atoms, _, shift, error = self.module(chunk, restype, segment, pairs, frame_seeds, steps,
                                                          int(n_samples), bool(deterministic), bool(keep_ca))
@@ -367,7 +368,8 @@ class Backmapper:
 
     # ------------------------------------------------------------------ streaming
     def stream(self, plan: BackmapPlan, frames, n_samples: int = 1, seed: int | None = None, batch_size: int = 8,
-               refiner=None, deterministic: bool | None = None, start_index: int = 0, **sample_options):
+               refiner=None, deterministic: bool | None = None, start_index: int = 0, coherent: bool = True,
+               **sample_options):
         """Backmap a stream of CG frames: the one pipeline of the reporters, snapshots and CLI.
 
         Parameters
@@ -393,6 +395,11 @@ class Backmapper:
             Force the best-guess mode on or off (default: one sample and no seed).
         start_index : int
             Index of the first frame in the stream (to resume a stream with the same seeds).
+        coherent : bool
+            For the best guess: keep each residue's rotamer from one frame to the next while its
+            neighbourhood barely moves (``stream_state`` of :meth:`sample`), so the stream does
+            not flicker between rotamers; False backmaps every frame on its own.  The atoms do
+            not depend on the batching either way.
         **sample_options
             Passed on to :meth:`sample` (e.g. ``keep_ca``).
 
@@ -410,6 +417,8 @@ class Backmapper:
             deterministic = n_samples == 1 and seed is None
         batch_size = max(1, int(batch_size))
         index = int(start_index)
+        if coherent and deterministic and n_samples == 1 and "stream_state" not in sample_options:
+            sample_options = dict(sample_options, stream_state={})
         batch: list = []
         for item in frames:
             if item is not None:

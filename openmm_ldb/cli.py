@@ -193,7 +193,7 @@ def _backmap_file(bm, path: str, out: str, args, system) -> str:
             warnings.simplefilter("always")
             options = {"keep_ca": True} if args.keep_ca else {}
             for frame in bm.stream(plan, frames(), args.samples, seed=args.seed, batch_size=batch, refiner=refiner,
-                                   **options):
+                                   coherent=not args.per_frame, **options):
                 for s, w in enumerate(writers):
                     w.write(frame.positions[s], step=frame.step, time=frame.time, box_vectors=frame.box)
                 n += 1
@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="residues to backmap: indices and ranges (0-55,60) or an mdtraj selection")
     b.add_argument("--keep-ca", action="store_true",
                    help="keep every Cα exactly on its CG bead, even where the trace is infeasible (bonds stretch)")
+    b.add_argument("--per-frame", action="store_true",
+                   help="backmap each frame of a trajectory on its own (default: the best guess keeps a residue's "
+                        "rotamer from frame to frame while its neighbourhood barely moves, so it does not flicker)")
     b.add_argument("--ff-names", action="store_true",
                    help="write force-field residue names (CYX for bonded cysteines) instead of PDB names (CYS + SSBOND)")
     b.add_argument("--device", default=None)

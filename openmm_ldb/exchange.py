@@ -316,7 +316,7 @@ def to_all_atom(cg_simulation: app.Simulation, backmapper=None, solvent: str = "
     # backmap the (whole, gathered) Cα trace: the all-atom Cα sit exactly on it
     full = np.zeros((mapping.n_particles, 3))
     full[mapping.bead_index] = ca
-    xyz = backmapper.sample(plan, full, n_samples=1, seed=seed, deterministic=seed is None)[0, 0] / 10.0
+    xyz = next(backmapper.stream(plan, [full], 1, seed=seed)).positions[0]   # nm
     topology = plan.topology
     ca_index = np.array([a.index for a in topology.atoms() if a.name == "CA"], dtype=np.int64)
     n_protein = topology.getNumAtoms()

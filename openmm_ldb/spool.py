@@ -439,7 +439,7 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
 
         try:
             for frame in bm.stream(plan, frames(), opts["n_samples"], opts["seed"], batch, refiner=refiner,
-                                   start_index=start):
+                                   start_index=start, coherent=opts.get("coherent", True)):
                 sink.write(frame)
                 written += 1
                 status[S_WRITTEN] = frame.index + 1

@@ -21,7 +21,7 @@ rotamers from frame to frame (a coherent stream).
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -214,6 +214,7 @@ class Sampler(nn.Module):
         self.hydrogen_rounds = int(s["hydrogen_rounds"])
         self.stream_gate = float(s["stream_gate"])
         self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
+
         self.guess_ddim_steps = int(s["guess_ddim_steps"])
         self.hydrogen_cutoff = float(s["hydrogen_cutoff"])
         self.hydrogen_neighbours = int(s["hydrogen_neighbours"])
@@ -272,9 +273,10 @@ class Sampler(nn.Module):
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
-               angles: torch.Tensor, max_turn: float = 4.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               angles: torch.Tensor, turn_limit: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
-        turned by at most ``max_turn`` radians), hydrogens.
+        turned by at most ``turn_limit`` [N] radians, unlimited when None), hydrogens.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
@@ -282,7 +284,8 @@ class Sampler(nn.Module):
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
         if self.repack_sweeps > 0:
-            angles = self.resolve_clashes(atoms, restype, angles, fixed, max_turn)
+            limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
+            angles = self.resolve_clashes(atoms, restype, angles, fixed, limit)
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
@@ -290,38 +293,53 @@ class Sampler(nn.Module):
 
     @torch.jit.export
     def stream(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
-               prior_ca: torch.Tensor, prior_chi: torch.Tensor, has_prior: bool, keep_ca: bool = False
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+               anchor_idx: torch.Tensor, anchor_dist: torch.Tensor, prior_chi: torch.Tensor, has_prior: bool,
+               keep_ca: bool = False
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                          torch.Tensor]:
         """The best guess for consecutive frames ``ca`` [B, N, 3] of one trajectory, coherent in time.
 
-        A residue keeps the previous frame's side-chain torsions (``prior_chi`` [N, 4, 2] of the
-        frame with Cα ``prior_ca`` [N, 3]; frame b-1 for frame b) where its neighbourhood barely
-        moved (mean change of its distances to its graph neighbours below ``stream_gate`` Å); the
-        clash resolution then turns them only where they clash.  Elsewhere, and for the first
-        frame without a prior, the per-frame best guess.  Returns ``(atoms [B, 1, N, S, 3],
-        atom_mask, ca_shift [B, 1], expected_error [B, 1, N], last_ca [N, 3], last_chi [N, 4, 2])``;
-        the last two are the prior of the next call.
+        A residue keeps its rotamer (``prior_chi`` [N, 4, 2], the previous frame's side-chain
+        torsions) while its neighbourhood stays close to the one the rotamer was chosen in:
+        ``anchor_idx`` [N, K] are its graph neighbours then and ``anchor_dist`` [N, K] its Cα
+        distances to them.  The clash resolution may turn a kept rotamer by at most
+        ``stream_max_turn``.  Where the mean change of those distances reaches ``stream_gate`` Å
+        the residue takes the frame's own best guess and a new anchor, free to change rotamer.
+        Measuring from the anchor, not from the previous frame, lets slow drift through a
+        real conformational change release a rotamer instead of freezing the first frame's
+        choice.  Without a prior (``has_prior`` False; the state arguments are then ignored) the
+        first frame is the per-frame best guess.  Returns ``(atoms [B, 1, N, S, 3], atom_mask,
+        ca_shift [B, 1], expected_error [B, 1, N], anchor_idx, anchor_dist, last_chi [N, 4, 2])``;
+        the last three are the state of the next call.
         """
         bsz, n = ca.shape[0], ca.shape[1]
         x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
             ca, restype, segment, keep_ca)
-        prev_ca, prev_chi, have = prior_ca, prior_chi, has_prior
+        a_idx, a_dist, prev_chi, have = anchor_idx, anchor_dist, prior_chi, has_prior
         outs: List[torch.Tensor] = []
         atom_mask = torch.zeros(n, self.tables.num_slots, device=ca.device, dtype=ca.dtype)
+        unlimited = torch.full([n], 4.0, device=ca.device, dtype=ca.dtype)
         for b in range(bsz):
             ang = angles[b:b + 1]
+            nb = idx[b, :, 1:9]                                                # [N, K] this frame's neighbours
+            d_frame = torch.sqrt(((x[b].unsqueeze(1) - x[b][nb]) ** 2).sum(-1) + 1e-12)
+            limit = unlimited
             if have:
-                nb = idx[b, :, 1:9]                                            # [N, 8]
-                d_now = torch.sqrt(((x[b].unsqueeze(1) - x[b][nb]) ** 2).sum(-1) + 1e-12)
-                d_then = torch.sqrt(((prev_ca.unsqueeze(1) - prev_ca[nb]) ** 2).sum(-1) + 1e-12)
-                keep = ((d_now - d_then).abs().mean(-1) < self.stream_gate).view(1, n, 1, 1)
-                ang = torch.cat([ang[:, :, :4], torch.where(keep, prev_chi.unsqueeze(0), ang[:, :, 4:])], dim=2)
-            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang,
-                                                    self.stream_max_turn if have else 4.0)
+                d_now = torch.sqrt(((x[b].unsqueeze(1) - x[b][a_idx]) ** 2).sum(-1) + 1e-12)
+                settled = (d_now - a_dist).abs().mean(-1) < self.stream_gate          # [N]
+                ang = torch.cat([ang[:, :, :4], torch.where(settled.view(1, n, 1, 1), prev_chi.unsqueeze(0),
+                                                            ang[:, :, 4:])], dim=2)
+                limit = torch.where(settled, torch.full_like(unlimited, self.stream_max_turn), unlimited)
+                a_idx = torch.where(settled.unsqueeze(-1), a_idx, nb)
+                a_dist = torch.where(settled.unsqueeze(-1), a_dist, d_frame)
+            else:
+                a_idx, a_dist = nb, d_frame
+            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit)
             outs.append(atoms_b)
-            prev_ca, prev_chi, have = x[b], final[0, :, 4:], True
+            prev_chi, have = final[0, :, 4:], True
         atoms = torch.cat(outs, 0)
-        return (atoms.unsqueeze(1), atom_mask, shift.view(bsz, 1), expected_error.view(bsz, 1, n), prev_ca, prev_chi)
+        return (atoms.unsqueeze(1), atom_mask, shift.view(bsz, 1), expected_error.view(bsz, 1, n), a_idx, a_dist,
+                prev_chi)
 
     # ------------------------------------------------------------------ latents
     def diffusion_angles(self, node, edge, rel, idx, valid, rt, mask, seeds: torch.Tensor, steps: int,
@@ -457,7 +475,7 @@ class Sampler(nn.Module):
 
     # ------------------------------------------------------------------ clash resolution
     def resolve_clashes(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, fixed: torch.Tensor,
-                        max_turn: float = 4.0) -> torch.Tensor:
+                        turn_limit: torch.Tensor) -> torch.Tensor:
         """Iterated conditional modes over side-chain rotamers, on the residues that clash.
 
         Candidates are the decoder's own angles turned by ``repack_offsets`` about chi1/chi2.  Each
@@ -486,8 +504,10 @@ class Sampler(nn.Module):
         bb_keep = (bb_idx != pos).to(atoms.dtype)
         pen = torch.full([ncand], self.repack_penalty, device=atoms.device, dtype=atoms.dtype)
         pen[0] = 0.0
-        # turns larger than max_turn are not offered (a coherent stream keeps its rotamers)
-        pen = torch.where(self.repack_offsets.abs().amax(-1) > max_turn + 1e-6, torch.full_like(pen, 1e9), pen)
+        # [C, N]: turns larger than a residue's turn_limit are not offered (a coherent stream
+        # keeps its rotamers)
+        pen = torch.where(self.repack_offsets.abs().amax(-1).view(ncand, 1) > turn_limit.view(1, n) + 1e-6,
+                          torch.full([ncand, n], 1e9, device=atoms.device, dtype=atoms.dtype), pen.view(ncand, 1))
         movable = (~fixed).to(atoms.dtype)
         n_active = max(1, min(n, int(math.ceil(n * self.repack_fraction))))
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
@@ -511,7 +531,7 @@ class Sampler(nn.Module):
                     continue
                 cand_t = torch.gather(cand, 2, worst.view(1, m, t, 1, 1).expand(ncand, m, t, cand.shape[3], 3))
                 e = self.side_chain_energy(cand_t, worst, restype, rows_of(nb, worst), cur, rows_of(bb_idx, worst),
-                                           rows_of(bb_keep, worst), bb) + pen.view(ncand, 1, 1)
+                                           rows_of(bb_keep, worst), bb) + pen[:, worst]
                 active = e_cur.gather(1, worst) > 0
                 new_choice = torch.where(active, _stable_argmin(e, 0), choice.gather(1, worst))
                 choice = choice.index_put((rows.expand(m, t), worst), new_choice)
