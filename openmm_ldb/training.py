@@ -270,10 +270,10 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
             torch.manual_seed(0)
             model = LDBModel(LDBConfig(**ck["config"]))
         missing, _ = model.load_state_dict(ck["model"], strict=False)
-        if any("error_head" not in k for k in missing):
+        if any("error_head" not in k and ".skip." not in k for k in missing):
             raise ValueError(f"{ckpt_path}: checkpoint lacks {missing[:3]}")
         opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
-        if missing:  # a checkpoint from before the confidence head: the optimizer starts afresh
+        if missing:  # a checkpoint from before the confidence head or the skip: the optimizer starts afresh
             ck["optimizer"] = opt.state_dict()
         opt.load_state_dict(ck["optimizer"])
         step, cpu_before, wall_before = ck["step"], ck.get("cpu_seconds", 0.0), ck.get("elapsed", 0.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -18,6 +18,11 @@ class Decoder(nn.Module):
         self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 2 * geo.NUM_ANGLES))
         # expected side-chain error (Å) of each residue: the per-residue confidence
         self.error_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        # the best guess also reads its denoiser's hidden states, not only the 4-number latent
+        # (zero at the start: a model trained without it computes the same function)
+        self.skip = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, zq) -> torch.Tensor:
         h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq)
@@ -25,9 +30,12 @@ class Decoder(nn.Module):
         return geo.normalize(raw)
 
     @torch.jit.export
-    def angles_and_error(self, node, edge, rel, idx, valid, restype, mask, zq) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The angles and the expected side-chain error [B, N] (Å, >= 0) of each residue."""
-        h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq)
+    def angles_and_error(self, node, edge, rel, idx, valid, restype, mask, zq,
+                         hidden: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The angles and the expected side-chain error [B, N] (Å, >= 0) of each residue
+        (``hidden``: an upstream network's per-residue hidden states, read through ``skip``)."""
+        h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq, None,
+                       None if hidden is None else self.skip(hidden))
         raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
         err = torch.nn.functional.softplus(self.error_head(h).squeeze(-1))
         return geo.normalize(raw), err

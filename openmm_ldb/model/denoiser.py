@@ -4,6 +4,8 @@ ProteinMPNN-style message passing on the kNN Cα graph, time through adaptive la
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import nn
 
@@ -23,3 +25,10 @@ class Denoiser(nn.Module):
         cond = self.time_mlp(timestep_embedding(t, self.time_dim))  # [B, time_dim]
         h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond)
         return self.out(h)
+
+    @torch.jit.export
+    def latent_and_hidden(self, node, edge, rel, idx, valid, restype, mask, z_t, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The clean latent and the per-residue hidden states it was read from."""
+        cond = self.time_mlp(timestep_embedding(t, self.time_dim))
+        h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond)
+        return self.out(h), h

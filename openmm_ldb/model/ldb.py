@@ -231,8 +231,9 @@ class BestGuess(nn.Module):
         shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
         z = torch.zeros(shape, device=node.device, dtype=node.dtype)
         t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
-        latent = self.denoiser(node, edge, rel, idx, valid, restype, mask, z, t) * latent_std + latent_mean
-        return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask, latent)
+        latent, hidden = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t)
+        return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask,
+                                             latent * latent_std + latent_mean, hidden)
 
 
 def clash_loss(built: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,

@@ -40,9 +40,11 @@ class GraphTrunk(nn.Module):
 
     def forward(self, node: torch.Tensor, edge: torch.Tensor, rel: torch.Tensor, idx: torch.Tensor,
                 valid: torch.Tensor, restype: torch.Tensor, mask: torch.Tensor, extra: Optional[torch.Tensor] = None,
-                cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cond: Optional[torch.Tensor] = None, h_in: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = node if extra is None else torch.cat([node, extra], dim=-1)
         h = self.node_in(x) + self.restype_embed(restype)
+        if h_in is not None:  # hidden states of an upstream network (the best guess's denoiser)
+            h = h + h_in
         e = self.edge_in(edge) + self.rel_embed(rel)
         for layer in self.layers:
             h, e = layer(h, e, idx, valid, mask, cond)
