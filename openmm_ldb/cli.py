@@ -419,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None)
     v.add_argument("--ca-noise", type=float, default=0.0,
                    help="Gaussian noise (Å) added to the reference Cα, as CG traces carry")
+    v.add_argument("--settings", default=None,
+                   help='sampler settings to try, JSON (e.g. \'{"repack_sweeps": 5}\'; see the model card)')
     v.set_defaults(func=_evaluate)
 
     r = sub.add_parser("recover", help="write the frames an interrupted LDBReporter run left in its spool")

@@ -251,7 +251,7 @@ def score_chain(chain: data_mod.Chain, pred: np.ndarray, pred_present: np.ndarra
 def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: str | None = "ldb_eval",
              threads: int | None = None, device: str | None = None, steps: int | None = None, seed: int = 0,
              skipped: dict | None = None, verbose: bool = True, plots: bool = True,
-             minimize: str | None = None, ca_noise: float = 0.0) -> dict:
+             minimize: str | None = None, ca_noise: float = 0.0, settings: dict | None = None) -> dict:
     """Backmap and score ``chains`` (list of :class:`data.Chain`); write ``metrics.json`` and plots.
 
     Returns the dict written to ``<out_dir>/metrics.json``: ``model`` (path, card name and
@@ -262,7 +262,7 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
     """
     from .backmapper import Backmapper
 
-    bm = Backmapper(model_path, device=device, threads=threads, steps=steps)
+    bm = Backmapper(model_path, device=device, threads=threads, steps=steps, settings=settings)
     if chains:  # warm-up: TorchScript optimises on the first calls
         c0 = chains[0]
         for _ in range(2):
@@ -303,6 +303,7 @@ def evaluate(model_path: str | None, chains: list, samples: int = 1, out_dir: st
               "skipped": dict(skipped or {}),
               "settings": {"samples": samples, "steps": steps or "default (4 best guess, 10 samples)", "device": str(bm.device), "seed": seed,
                            "minimize": minimize, "ca_noise_angstrom": ca_noise,
+                           "sampler_settings": bm.module.settings() if hasattr(bm.module, "settings") else None,
                            "torch_threads": _torch_threads(),
                            "definitions": "see openmm_ldb.metrics module docstring"}}
     result = _jsonable(result)
@@ -437,7 +438,8 @@ def main(args) -> int:
     result = evaluate(getattr(args, "model", None), chains, samples=max(1, int(getattr(args, "samples", 1) or 1)),
                       out_dir=getattr(args, "out", "ldb_eval"), threads=getattr(args, "threads", None),
                       skipped=dict(skipped), minimize=getattr(args, "minimize", None),
-                      ca_noise=float(getattr(args, "ca_noise", 0.0) or 0.0))
+                      ca_noise=float(getattr(args, "ca_noise", 0.0) or 0.0),
+                      settings=json.loads(args.settings) if getattr(args, "settings", None) else None)
     print(f"wrote {os.path.join(args.out, 'metrics.json')}" + (f" and {len(result.get('plots', []))} plots"
                                                                  if result.get("plots") else ""))
     return 0
