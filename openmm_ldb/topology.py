@@ -570,6 +570,20 @@ def build_aa_topology(mapping: CGMapping, segment: np.ndarray, hydrogens: bool =
         atom_slot.append(slot)
         return atom
 
+    def add_cap(resname, atoms, chain, i, rid, icode):
+        """An ACE or NME cap of residue i (its atoms map to the residue's CA slot)."""
+        cap = top.addResidue(resname, chain, id=rid, insertionCode=icode)
+        made = {}
+        for aname, el in atoms:
+            if el == "H" and not hydrogens:
+                continue
+            made[aname] = add_atom(aname, el, cap, i, 1)
+            cap_atoms.setdefault(resname + ":" + aname, []).append(made[aname].index)
+        for h in ("H", "HH31", "HH32", "HH33"):
+            if h in made:
+                top.addBond(made["CH3" if h != "H" else "N"], made[h])
+        return made
+
     for i in range(n):
         c = int(mapping.chain_index[i])
         name = rc.RESTYPES_3[mapping.restype[i]]
@@ -582,18 +596,9 @@ def build_aa_topology(mapping: CGMapping, segment: np.ndarray, hydrogens: bool =
             chain = top.addChain(mapping.chain_ids[c])
         if capped:
             (aid, aic), (nid, nic) = _cap_ids(mapping, i, used)
-            ace = top.addResidue("ACE", chain, id=aid, insertionCode=aic)
-            ace_atoms = {}
-            for aname, el in _ACE_ATOMS:
-                if el == "H" and not hydrogens:
-                    continue
-                ace_atoms[aname] = add_atom(aname, el, ace, i, 1)
-                cap_atoms.setdefault("ACE:" + aname, []).append(ace_atoms[aname].index)
+            ace_atoms = add_cap("ACE", _ACE_ATOMS, chain, i, aid, aic)
             top.addBond(ace_atoms["CH3"], ace_atoms["C"])
             top.addBond(ace_atoms["C"], ace_atoms["O"])
-            for h in ("HH31", "HH32", "HH33"):
-                if h in ace_atoms:
-                    top.addBond(ace_atoms["CH3"], ace_atoms[h])
         resname = "CYX" if i in in_disulfide else name
         res = top.addResidue(resname, chain, id=mapping.residue_ids[i], insertionCode=icodes[i])
         made = {}
@@ -628,18 +633,9 @@ def build_aa_topology(mapping: CGMapping, segment: np.ndarray, hydrogens: bool =
             top.addBond(atoms_by_res[i - 1]["C"], made["N"])
         if capped:
             top.addBond(ace_atoms["C"], made["N"])
-            nme = top.addResidue("NME", chain, id=nid, insertionCode=nic)
-            nme_atoms = {}
-            for aname, el in _NME_ATOMS:
-                if el == "H" and not hydrogens:
-                    continue
-                nme_atoms[aname] = add_atom(aname, el, nme, i, 1)
-                cap_atoms.setdefault("NME:" + aname, []).append(nme_atoms[aname].index)
+            nme_atoms = add_cap("NME", _NME_ATOMS, chain, i, nid, nic)
             top.addBond(made["C"], nme_atoms["N"])
             top.addBond(nme_atoms["N"], nme_atoms["CH3"])
-            for h in ("H", "HH31", "HH32", "HH33"):
-                if h in nme_atoms:
-                    top.addBond(nme_atoms["CH3" if h != "H" else "N"], nme_atoms[h])
     for i, j in disulfides:
         top.addBond(atoms_by_res[i]["SG"], atoms_by_res[j]["SG"])
     box = mapping.box if box is None else box
