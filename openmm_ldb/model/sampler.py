@@ -43,6 +43,11 @@ DEFAULT_SETTINGS = {
     "proline_chi1_grid": 31,
     "disulfide_grid": 72,
     "hydrogen_rounds": 1,
+    # chi1 (not proline's) further than this from the nearest staggered well (degrees) is moved
+    # to that well before atoms are placed (-1: never)
+    "snap_chi1_beyond": 30.0,
+    # the same for chi2 of ILE, LEU, LYS, ARG, MET, GLU, GLN
+    "snap_chi2": False,
     "hydrogen_neighbours": 6,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 1.0,
@@ -212,6 +217,17 @@ class Sampler(nn.Module):
         self.register_buffer("rotors", torch.as_tensor(rotors))              # [R, 2, 5] Q, P, H, H, H
         self.register_buffer("rotor_step", torch.as_tensor(steps))           # [R, 2] radians, 0 = none
         self.hydrogen_rounds = int(s["hydrogen_rounds"])
+        snap = float(s["snap_chi1_beyond"])
+        self.snap_cos = math.cos(math.radians(snap)) if snap >= 0.0 else 2.0
+        wells = torch.tensor([60.0, 180.0, -60.0]) * (math.pi / 180.0)
+        self.register_buffer("chi1_wells", torch.stack([torch.cos(wells), torch.sin(wells)], -1))
+        snap_types = torch.zeros(rc.NUM_RESTYPES + 1, 2)
+        snap_types[:rc.NUM_RESTYPES, 0] = torch.as_tensor(rc.chi_mask_array()[:, 0])
+        snap_types[self.pro, 0] = 0.0
+        if bool(s["snap_chi2"]):
+            for name in ("ILE", "LEU", "LYS", "ARG", "MET", "GLU", "GLN"):
+                snap_types[rc.RESTYPE_INDEX[name], 1] = 1.0
+        self.register_buffer("snap_types", snap_types)
         self.stream_gate = float(s["stream_gate"])
         self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
 
@@ -279,6 +295,7 @@ class Sampler(nn.Module):
         turned by at most ``turn_limit`` [N] radians, unlimited when None), hydrogens.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
+        angles = self.snap_chi1(angles, restype)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         angles = self.close_prolines(atoms, restype, angles)
         angles = self.close_disulfides(atoms, disulfides, angles)
@@ -388,6 +405,25 @@ class Sampler(nn.Module):
         return self.decoder(node, edge, rel, idx, valid, rt, mask, latent)
 
     # ------------------------------------------------------------------ rings and bonds
+    def snap_chi1(self, angles: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+        """Chi1 of every side chain but proline's (and chi2 of the sp3-sp3 ones: ILE, LEU, LYS,
+        ARG, MET, GLU, GLN) moved to the nearest staggered well (60, 180 or -60 degrees) where
+        it is further than ``snap_chi1_beyond`` from it.  A regression of (cos, sin) puts a fifth
+        of the decoder's chi1 between two wells, where real side chains are rare; the nearest
+        well is right more often (validation: chi1 within 40 degrees 0.67 -> 0.70)."""
+        if self.snap_cos > 1.0:
+            return angles
+        out = angles.clone()
+        wells = self.chi1_wells                                                # [3, 2] cos, sin
+        for k in range(2):
+            c, s = angles[..., 4 + k, 0], angles[..., 4 + k, 1]
+            score = c.unsqueeze(-1) * wells[:, 0] + s.unsqueeze(-1) * wells[:, 1]  # cos of the distance
+            snapped = wells[_stable_argmin(-score, -1)]                        # [B, N, 2]
+            far = score.amax(-1) < self.snap_cos
+            use = (self.snap_types[restype, k] > 0).view(1, -1, 1) & far.unsqueeze(-1)
+            out[..., 4 + k, :] = torch.where(use, snapped, angles[..., 4 + k, :])
+        return out
+
     def close_prolines(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Chi1/chi2 of every proline such that CD–N is a bond: chi1 on a grid, chi2 solved for
         the CD nearest N; the closest closure wins, ties to the decoder's chi1."""
