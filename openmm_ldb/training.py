@@ -242,7 +242,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                 crop: int = 128, lr: float = 1e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
                 val_every: int = 250, threads: int | None = None, max_steps: int | None = None,
                 max_noise: float = 0.3, chains: list | None = None, val: list | None = None,
-                progress: bool = False, device=None) -> str:
+                progress: bool = False, device=None, ensembles=()) -> str:
     # (``dataset`` is ignored when ``chains`` are given)
     """Train the one-pass best guess end to end on atoms; resumable, accumulates across sessions.
 
@@ -259,6 +259,8 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if chains is None:
         chains, val, _ = load_split(dataset)
+    if ensembles:
+        chains = chains + ensemble_chains(ensembles)
     clusters = _cluster_index(chains)
     cluster_names = sorted(clusters)
     rng = random.Random(seed)
@@ -270,7 +272,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
             torch.manual_seed(0)
             model = LDBModel(LDBConfig(**ck["config"]))
         missing, _ = model.load_state_dict(ck["model"], strict=False)
-        if any("error_head" not in k and ".skip." not in k for k in missing):
+        if any("error_head" not in k and ".skip." not in k and "well_head" not in k for k in missing):
             raise ValueError(f"{ckpt_path}: checkpoint lacks {missing[:3]}")
         opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
         if missing:  # a checkpoint from before the confidence head or the skip: the optimizer starts afresh
@@ -333,6 +335,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                             "coord": round(float(outd["coord"].detach()), 4), "rmsd": round(float(outd["rmsd"].detach()), 3),
                             "clash": round(float(outd["clash"].detach()), 4), "ring": round(float(outd["ring"].detach()), 4),
                             "error_head": round(float(outd["error_head"].detach()), 4),
+                            "wells": round(float(outd["wells"].detach()), 4),
                             "sec_per_step": round((now - last) / log_every, 3),
                             "wall_min_total": round((wall_before + now - t0) / 60, 2),
                             "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})
@@ -395,6 +398,26 @@ def chains_from_files(trajectories=(), structures=(), heavy: int | None = None) 
                               "xyz": chain.xyz[f, :, :heavy], "present": chain.present[:, :heavy]})
     if not items:
         raise ValueError("no protein chains in the given trajectories/structures")
+    return items
+
+
+def ensemble_chains(folders) -> list[dict]:
+    """Training items from folders of conformational ensembles, one protein per folder (NMR
+    model files, or trajectories beside their topology): each folder is one cluster, so a batch
+    draws it as often as one training cluster of the main data and its frames at random.  Their
+    Cα carry the geometry real dynamics gives (the CG-like noise is added on top as usual)."""
+    import glob
+
+    items = []
+    for folder in folders:
+        files = sorted(glob.glob(os.path.join(folder, "*.pdb.gz")) + glob.glob(os.path.join(folder, "*.pdb")))
+        trajs = sorted(glob.glob(os.path.join(folder, "*.xtc")) + glob.glob(os.path.join(folder, "*.dcd")))
+        tops = [f for f in files + sorted(glob.glob(os.path.join(folder, "*.psf")))]
+        found = chains_from_files([(t, tops[0]) for t in trajs] if trajs and tops else (),
+                                  () if trajs else files)
+        for c in found:
+            c["cluster"] = "ensemble:" + os.path.basename(os.path.normpath(folder))
+        items += found
     return items
 
 
@@ -465,8 +488,12 @@ def main(argv=None) -> None:
         q.add_argument("--max-steps", type=int, default=None)
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--init", default=None)
+        q.add_argument("--ensembles", nargs="*", default=(),
+                       help="folders of conformational ensembles (one protein each: model files or a trajectory "
+                            "with its topology) added to the training proteins")
         a = q.parse_args(argv[1:])
-        train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps)
+        train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps,
+                    ensembles=a.ensembles)
         return
     p = argparse.ArgumentParser(description="train LDB on a featurized dataset (see openmm_ldb.data)")
     p.add_argument("dataset")

@@ -35,7 +35,9 @@ def training_summary(log_path: str, base: dict | None, ck: dict) -> dict:
     return {"stage_1_2": base, "best_guess_stage": {
         "steps": ck["step"], "cpu_hours": round(ck.get("cpu_seconds", 0.0) / 3600, 3),
         "wall_minutes": round(ck.get("elapsed", 0.0) / 60, 1),
-        "data": "train.tsv training clusters (1,758 chains), Cα with 0-0.3 Å Gaussian noise on half the chains",
+        "data": "train.tsv training clusters (1,758 chains); from step 4,900 also the five NMR ensembles of "
+                "shared/data/ensembles/nmr_models (195 models, five more clusters); Cα with 0-0.3 Å Gaussian noise "
+                "on half the chains",
         "validation_during_training": vals[-4:]}, "hardware": "2 CPU cores, PyTorch CPU, 1 thread"}
 
 

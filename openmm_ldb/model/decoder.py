@@ -20,6 +20,9 @@ class Decoder(nn.Module):
         self.error_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
         # the best guess also reads its denoiser's hidden states, not only the 4-number latent
         # (zero at the start: a model trained without it computes the same function)
+        # which staggered well (60, 180, -60 degrees) chi1 and chi2 sit in: logits [B, N, 2, 3]
+        # (a regression of (cos, sin) averages two likely wells into an unlikely angle between them)
+        self.well_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 6))
         self.skip = nn.Linear(hidden, hidden)
         nn.init.zeros_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)
@@ -31,11 +34,13 @@ class Decoder(nn.Module):
 
     @torch.jit.export
     def angles_and_error(self, node, edge, rel, idx, valid, restype, mask, zq,
-                         hidden: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The angles and the expected side-chain error [B, N] (Å, >= 0) of each residue
-        (``hidden``: an upstream network's per-residue hidden states, read through ``skip``)."""
+                         hidden: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The angles, the expected side-chain error [B, N] (Å, >= 0) of each residue and the
+        chi1/chi2 well logits [B, N, 2, 3] (``hidden``: an upstream network's per-residue hidden
+        states, read through ``skip``)."""
         h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq, None,
                        None if hidden is None else self.skip(hidden))
         raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
         err = torch.nn.functional.softplus(self.error_head(h).squeeze(-1))
-        return geo.normalize(raw), err
+        wells = self.well_head(h).view(h.shape[0], h.shape[1], 2, 3)
+        return geo.normalize(raw), err, wells

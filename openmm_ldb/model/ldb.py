@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Tuple
 
@@ -78,8 +79,8 @@ class LDBModel(nn.Module):
         true_full[:, :, : atoms.shape[2]] = atoms
         angles, angle_mask = self._true_angles(true_full, restype, segment)
         angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
-        pred, err = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype, mask,
-                                                                       self.latent_mean, self.latent_std)
+        pred, err, wells = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype,
+                                                                              mask, self.latent_mean, self.latent_std)
         out: Dict[str, torch.Tensor] = {}
         out["angle"] = angle_loss(pred, angles, angle_mask, restype, self.tables)
         out["coord"], out["rmsd"], built = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
@@ -93,11 +94,13 @@ class LDBModel(nn.Module):
         true_err = torch.sqrt(d2 / cnt.clamp(min=1.0) + 1e-6)
         out["error_head"] = (torch.nn.functional.smooth_l1_loss(err, true_err, reduction="none") * has).sum() / \
             has.sum().clamp(min=1.0)
+        out["wells"] = well_loss(wells, angles, angle_mask, restype)
         out["clash"] = clash_loss(built, restype, idx, valid, mask, self.tables)
         out["ring"] = proline_ring_loss(built, restype, mask)
         c = self.config
         out["loss"] = c.angle_weight * out["angle"] + c.coord_weight * out["coord"] + \
-            c.clash_weight * out["clash"] + c.ring_weight * out["ring"] + 0.1 * out["error_head"]
+            c.clash_weight * out["clash"] + c.ring_weight * out["ring"] + 0.1 * out["error_head"] + \
+            0.2 * out["wells"]
         return out
 
     # ---------------------------------------------------------------- training
@@ -226,8 +229,9 @@ class BestGuess(nn.Module):
         self.decoder = decoder
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
-                latent_std: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Angles [B, N, NUM_ANGLES, 2] and expected side-chain error [B, N] (Å)."""
+                latent_std: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angles [B, N, NUM_ANGLES, 2], expected side-chain error [B, N] (Å) and chi1/chi2
+        well logits [B, N, 2, 3]."""
         shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
         z = torch.zeros(shape, device=node.device, dtype=node.dtype)
         t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
@@ -287,6 +291,33 @@ def _pad_slots(present: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(present.shape[0], present.shape[1], rc.NUM_SLOTS, dtype=present.dtype, device=present.device)
     out[:, :, : present.shape[2]] = present
     return out
+
+
+WELLS_DEG = (60.0, 180.0, -60.0)
+# chi2 wells are staggered only where both of its atoms are sp3 carbons
+WELL_CHI2_TYPES = ("ILE", "LEU", "LYS", "ARG", "MET", "GLU", "GLN")
+
+
+def well_types() -> torch.Tensor:
+    """[NUM_RESTYPES + 1, 2] 1 where chi1 / chi2 of a residue type sits in staggered wells."""
+    t = torch.zeros(rc.NUM_RESTYPES + 1, 2)
+    t[:rc.NUM_RESTYPES, 0] = torch.as_tensor(rc.chi_mask_array()[:, 0])
+    t[rc.RESTYPE_INDEX["PRO"], 0] = 0.0
+    for name in WELL_CHI2_TYPES:
+        t[rc.RESTYPE_INDEX[name], 1] = 1.0
+    return t
+
+
+def well_loss(logits: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the chi1/chi2 well logits [B, N, 2, 3] against the well nearest the true
+    chi (``true`` [B, N, NUM_ANGLES, 2] unit (cos, sin), ``mask`` [B, N, NUM_ANGLES])."""
+    w = torch.tensor(WELLS_DEG, device=logits.device) * (math.pi / 180.0)
+    chi = true[:, :, geo.CHI0:geo.CHI0 + 2]                                   # [B, N, 2, 2]
+    score = chi[..., 0:1] * torch.cos(w) + chi[..., 1:2] * torch.sin(w)      # [B, N, 2, 3]
+    target = score.argmax(-1)
+    m = mask[:, :, geo.CHI0:geo.CHI0 + 2] * well_types().to(logits.device)[restype]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), target.reshape(-1), reduction="none")
+    return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1.0)
 
 
 def angle_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, restype: torch.Tensor,

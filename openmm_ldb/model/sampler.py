@@ -29,7 +29,7 @@ from torch import nn
 from .. import geometry as geo
 from .. import residues as rc
 from .diffusion import alpha_bar, hash_normal
-from .ldb import BestGuess, LDBModel
+from .ldb import BestGuess, LDBModel, well_types
 
 # Settings that change the atoms; they travel in the model card (``Sampler.settings()``).
 DEFAULT_SETTINGS = {
@@ -47,7 +47,9 @@ DEFAULT_SETTINGS = {
     # to that well before atoms are placed (-1: never)
     "snap_chi1_beyond": 30.0,
     # the same for chi2 of ILE, LEU, LYS, ARG, MET, GLU, GLN
-    "snap_chi2": False,
+    "snap_chi2": True,
+    # the best guess takes the well its network rates most likely instead of the nearest
+    "snap_by_head": False,
     "hydrogen_neighbours": 6,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 1.0,
@@ -218,15 +220,13 @@ class Sampler(nn.Module):
         self.register_buffer("rotor_step", torch.as_tensor(steps))           # [R, 2] radians, 0 = none
         self.hydrogen_rounds = int(s["hydrogen_rounds"])
         snap = float(s["snap_chi1_beyond"])
+        self.snap_by_head = bool(s["snap_by_head"])
         self.snap_cos = math.cos(math.radians(snap)) if snap >= 0.0 else 2.0
         wells = torch.tensor([60.0, 180.0, -60.0]) * (math.pi / 180.0)
         self.register_buffer("chi1_wells", torch.stack([torch.cos(wells), torch.sin(wells)], -1))
-        snap_types = torch.zeros(rc.NUM_RESTYPES + 1, 2)
-        snap_types[:rc.NUM_RESTYPES, 0] = torch.as_tensor(rc.chi_mask_array()[:, 0])
-        snap_types[self.pro, 0] = 0.0
-        if bool(s["snap_chi2"]):
-            for name in ("ILE", "LEU", "LYS", "ARG", "MET", "GLU", "GLN"):
-                snap_types[rc.RESTYPE_INDEX[name], 1] = 1.0
+        snap_types = well_types()
+        if not bool(s["snap_chi2"]):
+            snap_types[:, 1] = 0.0
         self.register_buffer("snap_types", snap_types)
         self.stream_gate = float(s["stream_gate"])
         self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
@@ -276,16 +276,19 @@ class Sampler(nn.Module):
             # has, and the discrete choices downstream would carry that into the atoms, so a
             # frame's atoms would depend on its batch (on a GPU the batch is kept whole: launching
             # one network per frame costs up to 15x the throughput)
-            outs: List[Tuple[torch.Tensor, torch.Tensor]] = []
+            outs: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
             for b in range(m):
                 outs.append(self.best_guess(node[b:b + 1], edge[b:b + 1], rel[b:b + 1], idx[b:b + 1],
                                             valid[b:b + 1], rt[b:b + 1], mask[b:b + 1], self.latent_mean,
                                             self.latent_std))
             angles = torch.cat([o[0] for o in outs], 0)
             expected_error = torch.cat([o[1] for o in outs], 0)
+            wells = torch.cat([o[2] for o in outs], 0)
         else:
-            angles, expected_error = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
-                                                     self.latent_std)
+            angles, expected_error, wells = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
+                                                            self.latent_std)
+        if self.snap_by_head:
+            angles = self.snap_chi(angles, restype, wells)
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
@@ -295,7 +298,7 @@ class Sampler(nn.Module):
         turned by at most ``turn_limit`` [N] radians, unlimited when None), hydrogens.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
-        angles = self.snap_chi1(angles, restype)
+        angles = self.snap_chi(angles, restype)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         angles = self.close_prolines(atoms, restype, angles)
         angles = self.close_disulfides(atoms, disulfides, angles)
@@ -405,21 +408,26 @@ class Sampler(nn.Module):
         return self.decoder(node, edge, rel, idx, valid, rt, mask, latent)
 
     # ------------------------------------------------------------------ rings and bonds
-    def snap_chi1(self, angles: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+    def snap_chi(self, angles: torch.Tensor, restype: torch.Tensor, wells: Optional[torch.Tensor] = None
+                 ) -> torch.Tensor:
         """Chi1 of every side chain but proline's (and chi2 of the sp3-sp3 ones: ILE, LEU, LYS,
         ARG, MET, GLU, GLN) moved to the nearest staggered well (60, 180 or -60 degrees) where
         it is further than ``snap_chi1_beyond`` from it.  A regression of (cos, sin) puts a fifth
         of the decoder's chi1 between two wells, where real side chains are rare; the nearest
-        well is right more often (validation: chi1 within 40 degrees 0.67 -> 0.70)."""
+        well is right more often (validation: chi1 within 40 degrees 0.67 -> 0.70).  With
+        ``wells`` (the best guess's well logits [B, N, 2, 3]) the most likely well is taken
+        instead of the nearest."""
         if self.snap_cos > 1.0:
             return angles
         out = angles.clone()
-        wells = self.chi1_wells                                                # [3, 2] cos, sin
+        centres = self.chi1_wells                                              # [3, 2] cos, sin
+        logits = wells if wells is not None else torch.zeros(1, 1, 2, 3, device=angles.device)
         for k in range(2):
             c, s = angles[..., 4 + k, 0], angles[..., 4 + k, 1]
-            score = c.unsqueeze(-1) * wells[:, 0] + s.unsqueeze(-1) * wells[:, 1]  # cos of the distance
-            snapped = wells[_stable_argmin(-score, -1)]                        # [B, N, 2]
-            far = score.amax(-1) < self.snap_cos
+            score = c.unsqueeze(-1) * centres[:, 0] + s.unsqueeze(-1) * centres[:, 1]  # cos of the distance
+            choice = _stable_argmin(-score, -1) if wells is None else _stable_argmin(-logits[..., k, :], -1)
+            snapped = centres[choice]                                          # [B, N, 2]
+            far = (angles[..., 4 + k, :] * snapped).sum(-1) < self.snap_cos    # cos of the distance to it
             use = (self.snap_types[restype, k] > 0).view(1, -1, 1) & far.unsqueeze(-1)
             out[..., 4 + k, :] = torch.where(use, snapped, angles[..., 4 + k, :])
         return out
