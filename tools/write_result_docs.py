@@ -105,16 +105,35 @@ def main():
                   f"(mean per chain {c['spearman_rho_mean_per_chain']}).",
                   "Command: ``python benchmarks/confidence.py --max-chains 40``", ""]
     if "coherence" in extra:
-        rows = []
+        rows, cg_rows = [], []
         for name, r in extra["coherence"].items():
-            rows.append([name, _fmt(r["md_chi1_flip_rate"], 4), _fmt(r["per_frame"]["chi1_flip_rate"], 4),
+            if "md_chi1_flip_rate" not in r:
+                cg_rows.append([name, r["frames"], _fmt(r["per_frame"]["chi1_flip_rate"], 4),
+                                _fmt(r["stream"]["chi1_flip_rate"], 4), _fmt(r["per_frame"]["ms_per_frame"], 1),
+                                _fmt(r["stream"]["ms_per_frame"], 1)])
+                continue
+            rows.append([name, r["frames"], _fmt(r["md_chi1_flip_rate"], 4), _fmt(r["per_frame"]["chi1_flip_rate"], 4),
                          _fmt(r["stream"]["chi1_flip_rate"], 4), _fmt(r["per_frame"]["heavy_rmsd_to_md"], 3),
                          _fmt(r["stream"]["heavy_rmsd_to_md"], 3)])
         lines += ["Temporal coherence", "------------------", "",
-                  "Fraction of (residue, consecutive frame) pairs whose χ1 moves by more than 60 degrees.", ""]
-        lines.append(_table(["MD trajectory", "MD itself", "per-frame best guess", "coherent stream",
+                  "Fraction of (residue, consecutive frame) pairs whose χ1 moves by more than 60 degrees; the "
+                  "coherent stream is the default of ``Backmapper.stream``, ``LDBReporter`` and the CLI.", ""]
+        lines.append(_table(["MD trajectory", "frames", "MD itself", "per-frame best guess", "coherent stream",
                              "RMSD per frame (Å)", "RMSD stream (Å)"], rows))
-        lines += ["Command: ``python benchmarks/coherence.py --frames 30``", ""]
+        if cg_rows:
+            lines += ["On CG trajectories of the project's own Go models (no all-atom reference):", ""]
+            lines.append(_table(["CG trajectory", "frames", "per-frame best guess", "coherent stream",
+                                 "ms per frame (per-frame)", "ms per frame (stream)"], cg_rows))
+        lines += ["Command: ``python benchmarks/coherence.py --frames 50``", ""]
+    cap = _load("capacity.json")
+    if cap:
+        lines += ["Capacity against speed", "----------------------", "",
+                  f"CPU time of the whole function per residue ({cap['residues']} residues, 1 thread) for larger "
+                  "graphs and hidden sizes (random weights: timing only).", ""]
+        lines.append(_table(["k (graph neighbours)", "hidden size", "ms per residue", ""],
+                            [[r["k"], r["hidden"], _fmt(r["ms_per_residue"], 3), "shipped" if r["shipped"] else ""]
+                             for r in cap["rows"]]))
+        lines += ["Command: ``python benchmarks/capacity.py``", ""]
     if "exchange" in extra:
         e = extra["exchange"]
         lines += ["Switching to all-atom", "---------------------", "",
