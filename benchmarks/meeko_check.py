@@ -41,6 +41,13 @@ def bad_contacts(topology, xyz_nm) -> int:
     return n
 
 
+def declared_disulfides(topology, xyz_nm) -> list[float]:
+    """SG–SG length (Å) of every disulfide the file declares (SSBOND/CONECT -> SG–SG bond)."""
+    xyz = np.asarray(xyz_nm) * 10.0
+    return [float(np.linalg.norm(xyz[a.index] - xyz[b.index])) for a, b in topology.bonds()
+            if a.name == "SG" and b.name == "SG"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--meeko", default="mk_prepare_receptor.py")
@@ -79,15 +86,21 @@ def main() -> int:
             rows.append({"structure": name, "snapshot": pdb, "residues": pdbf.topology.getNumResidues(),
                          "meeko_ok": proc.returncode == 0,
                          "bad_contacts": bad_contacts(pdbf.topology, pdbf.getPositions(asNumpy=True)._value),
+                         "declared_ss_lengths": [round(x, 2) for x in
+                                                 declared_disulfides(pdbf.topology, pdbf.getPositions(asNumpy=True)._value)],
                          "meeko_tail": tail if proc.returncode else []})
             print(name, pdb, rows[-1]["meeko_ok"], rows[-1]["bad_contacts"], flush=True)
     out = {"n": len(rows), "meeko_passed": sum(r["meeko_ok"] for r in rows),
-           "chains_with_bad_contacts": sum(r["bad_contacts"] > 0 for r in rows), "rows": rows}
+           "chains_with_bad_contacts": sum(r["bad_contacts"] > 0 for r in rows),
+           "declared_disulfides": sum(len(r["declared_ss_lengths"]) for r in rows),
+           "declared_disulfides_open": sum(sum(x > 2.2 for x in r["declared_ss_lengths"]) for r in rows),
+           "rows": rows}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     print(f"Meeko accepted {out['meeko_passed']} of {out['n']}; chains with inter-residue contacts "
-          f"within bonding distance: {out['chains_with_bad_contacts']}")
+          f"within bonding distance: {out['chains_with_bad_contacts']}; declared disulfides "
+          f"{out['declared_disulfides']}, of them longer than 2.2 Å: {out['declared_disulfides_open']}")
     return 0
 
 

@@ -17,7 +17,7 @@ Chemistry enters only through the tables built by :class:`GeometryTables` from
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -223,7 +223,8 @@ def trace_bounds(dist: torch.Tensor, cis_threshold: float) -> Tuple[torch.Tensor
 
 
 def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: float = 3.0,
-                     min_ca_i2: float = 4.4, iterations: int = 40) -> torch.Tensor:
+                     min_ca_i2: float = 4.4, iterations: int = 40, disulfides: Optional[torch.Tensor] = None,
+                     max_ca_ss: float = 6.5) -> torch.Tensor:
     """Move Cα as little as needed so every peptide unit can be ideal.
 
     Consecutive Cα of a segment are brought inside :func:`trace_bounds` and Cα(i)–Cα(i+2) to at
@@ -231,6 +232,10 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
     projections: each pass corrects every other constraint (no two of them share an atom, so
     each is met exactly, both ends moving half-way), then the others.  A trace that already
     satisfies every bound (any native structure) comes back unchanged, bit for bit.
+
+    The two Cα of each bonded cysteine pair (``disulfides`` [P, 2] residue indices) are kept
+    within ``max_ca_ss`` Å, where the S–S bond can be closed (a CG model without that bond lets
+    them drift apart, and a file would then declare a bond its atoms do not make).
     """
     n = ca.shape[1]
     if n < 2:
@@ -267,6 +272,16 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
                     corr2 = (short / d2).unsqueeze(-1) * span * 0.5
                     z2 = torch.zeros_like(x[:, :2])
                     x = x + torch.cat([corr2, z2], 1) - torch.cat([z2, corr2], 1)
+        if disulfides is not None and disulfides.shape[0] > 0:
+            i, j = disulfides[:, 0], disulfides[:, 1]
+            gap = x[:, j] - x[:, i]
+            d3 = torch.sqrt((gap * gap).sum(-1) + 1e-12)
+            far = torch.clamp(d3 - max_ca_ss, min=0.0)
+            far = torch.where(far > 1e-4, far, torch.zeros_like(far))
+            if bool((far != 0).any()):
+                moved = True
+                corr3 = (far / d3).unsqueeze(-1) * gap * 0.5
+                x = x.index_add(1, i, corr3).index_add(1, j, -corr3)
         if not moved:
             break
     return x

@@ -227,7 +227,7 @@ class SnapshotReporter(BackmapReporterBase):
     def __init__(self, directory, reportInterval, backmapper=None, model=None, device=None, prefix="frame",
                  nSamples=1, seed=None, hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=200,
                  refinePlatform=None, beadName="CA", residues=None, skipUnknown=False, standardNames=True,
-                 digits=9, steps=None):
+                 digits=9, steps=None, maxDisulfide=2.2):
         """Create a SnapshotReporter.
 
         Parameters
@@ -271,10 +271,16 @@ class SnapshotReporter(BackmapReporterBase):
             Digits of the zero-padded step in the file names.
         steps : int=None
             Denoising steps of the sampler (default 4 for the best guess, 10 for samples).
+        maxDisulfide : float=2.2
+            A disulfide whose SG–SG is longer than this (Å) in a snapshot is not declared in that
+            file (no ``SSBOND``/``CONECT``; a ``REMARK`` names it): where the CG trace has pulled
+            the two cysteines apart, a docking program would otherwise read a bond the atoms do
+            not make.  None declares every disulfide of the plan.
         """
         super().__init__(reportInterval, backmapper, model, device, nSamples, seed, hydrogens, minimize, solvent,
                          minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps)
         self._getBackmapper()
+        self._maxDisulfide = None if maxDisulfide is None else float(maxDisulfide)
         self._directory = os.fspath(directory)
         self._prefix = prefix
         self._standardNames = bool(standardNames)
@@ -320,7 +326,7 @@ class SnapshotReporter(BackmapReporterBase):
                     remarks.append("B-factor column: expected side-chain error of the residue (Å), "
                                    "the model's per-residue confidence")
                 write_pdb(self.plan.topology, aa.positions[s], path, standard_names=self._standardNames,
-                          remarks=remarks, bfactors=bfactors)
+                          remarks=remarks, bfactors=bfactors, max_ss=self._maxDisulfide)
                 self._files.append(path)
         self._frameIndex += 1
 

@@ -250,7 +250,7 @@ class Sampler(nn.Module):
         m = bsz * samples
         given = ca.unsqueeze(1).expand(bsz, samples, n, 3).reshape(m, n, 3)
         x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
-            given, restype, segment, keep_ca)
+            given, restype, segment, keep_ca, disulfides)
         if not deterministic:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples, False)
         elif self.guess_ddim_steps > 0:
@@ -260,13 +260,15 @@ class Sampler(nn.Module):
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
 
-    def trace_and_guess(self, given: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, keep_ca: bool):
+    def trace_and_guess(self, given: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, keep_ca: bool,
+                        disulfides: torch.Tensor):
         """The regularized trace (unless ``keep_ca``), its largest Cα move, its graph, and the
         best-guess angles with each residue's expected side-chain error (the confidence)."""
         m, n = given.shape[0], given.shape[1]
         x = given
         if not keep_ca:
-            x = geo.regularize_trace(given, segment, self.cis_threshold, self.min_ca_i2, self.regularize_iterations)
+            x = geo.regularize_trace(given, segment, self.cis_threshold, self.min_ca_i2, self.regularize_iterations,
+                                     disulfides)
         shift = torch.sqrt(((x - given) ** 2).sum(-1)).amax(-1) if n > 0 else torch.zeros(m, device=given.device)
         mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
         node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
@@ -334,7 +336,7 @@ class Sampler(nn.Module):
         """
         bsz, n = ca.shape[0], ca.shape[1]
         x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
-            ca, restype, segment, keep_ca)
+            ca, restype, segment, keep_ca, disulfides)
         a_idx, a_dist, prev_chi, have = anchor_idx, anchor_dist, prior_chi, has_prior
         outs: List[torch.Tensor] = []
         atom_mask = torch.zeros(n, self.tables.num_slots, device=ca.device, dtype=ca.dtype)
