@@ -228,3 +228,26 @@ def test_coherent_stream_releases_after_drift(backmapper, go):
     # released by the last frame (a stream gated on the previous frame would stay near 20 %)
     shares = [fresh(k).mean() for k in range(6)]
     assert shares[1] < 0.4 and shares[5] > 0.75, shares
+
+
+def test_chi1_snapped_to_the_nearest_or_the_most_likely_well():
+    """chi1 more than ``snap_chi1_beyond`` from a staggered well goes to the nearest well, or with
+    the well head's logits to the most likely one; chi1 near a well and proline's stay."""
+    from openmm_ldb.export import model_from_exported
+    from openmm_ldb.model.sampler import Sampler
+
+    model, _ = model_from_exported()
+    sampler = Sampler(model, {"snap_chi1_beyond": 30.0}).eval()
+    restype = torch.tensor([rc.RESTYPE_INDEX[r] for r in ("LEU", "LEU", "PRO", "SER")])
+    chi1 = torch.tensor([100.0, 170.0, 100.0, -20.0]) * (np.pi / 180.0)
+    angles = torch.zeros(1, 4, geo.NUM_ANGLES, 2)
+    angles[..., 0] = 1.0
+    angles[0, :, 4, 0], angles[0, :, 4, 1] = torch.cos(chi1), torch.sin(chi1)
+
+    def degrees(a):
+        return [round(float(x)) % 360 for x in torch.rad2deg(torch.atan2(a[0, :, 4, 1], a[0, :, 4, 0]))]
+
+    assert degrees(sampler.snap_chi(angles, restype)) == [60, 170, 100, 300]
+    logits = torch.zeros(1, 4, 2, 3)
+    logits[0, :, 0, 1] = 5.0                                  # the head rates trans (180) most likely
+    assert degrees(sampler.snap_chi(angles, restype, logits)) == [180, 170, 100, 180]
