@@ -224,7 +224,7 @@ def trace_bounds(dist: torch.Tensor, cis_threshold: float) -> Tuple[torch.Tensor
 
 def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: float = 3.0,
                      min_ca_i2: float = 4.4, iterations: int = 40, disulfides: Optional[torch.Tensor] = None,
-                     max_ca_ss: float = 6.5) -> torch.Tensor:
+                     max_ca_ss: float = rc.DISULFIDE_CA_CA_MAX) -> torch.Tensor:
     """Move Cα as little as needed so every peptide unit can be ideal.
 
     Consecutive Cα of a segment are brought inside :func:`trace_bounds` and Cα(i)–Cα(i+2) to at
@@ -234,8 +234,8 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
     satisfies every bound (any native structure) comes back unchanged, bit for bit.
 
     The two Cα of each bonded cysteine pair (``disulfides`` [P, 2] residue indices) are kept
-    within ``max_ca_ss`` Å, where the S–S bond can be closed (a CG model without that bond lets
-    them drift apart, and a file would then declare a bond its atoms do not make).
+    within ``max_ca_ss`` Å, the window in which a pair is declared bonded (a CG model without
+    that bond lets them drift apart, and a file would then declare a bond its atoms do not make).
     """
     n = ca.shape[1]
     if n < 2:

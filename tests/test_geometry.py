@@ -315,7 +315,7 @@ def test_hydrogens_match_openmm_modeller(rebuilt, real_chains):
 
 def test_regularize_trace_keeps_disulfide_cysteines_within_reach():
     """A bonded cysteine pair whose Cα drifted apart (a CG model without the S–S bond) is brought
-    back within 6.5 Å, where the bond can be closed; a pair already within reach and the rest of a
+    back within 6.8 Å (the window in which pairs are declared); a pair already within it and the rest of a
     native-like trace do not move."""
     n = 20
     t = torch.arange(n, dtype=torch.float32)
@@ -326,7 +326,7 @@ def test_regularize_trace_keeps_disulfide_cysteines_within_reach():
     far = torch.tensor([[2, 12]])                        # 33 Å apart
     near = torch.tensor([[2, 4]])                        # 6.6 Å apart
     out = g.regularize_trace(ca, segment, disulfides=far)
-    assert float((out[0, 12] - out[0, 2]).norm()) <= 6.5 + 1e-3
+    assert float((out[0, 12] - out[0, 2]).norm()) <= rc.DISULFIDE_CA_CA_MAX + 1e-3
     d_near = float((ca[0, 4] - ca[0, 2]).norm())
     out2 = g.regularize_trace(ca, segment, disulfides=near, max_ca_ss=d_near + 0.1)
     assert torch.equal(out2, ca)
