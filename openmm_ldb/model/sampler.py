@@ -304,7 +304,7 @@ class Sampler(nn.Module):
         n = x.shape[1]
         angles = self.snap_chi(angles, restype)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
-        angles = self.close_prolines(atoms, restype, angles)
+        angles = self.close_prolines(atoms, restype, segment, angles)
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
         if self.repack_sweeps > 0:
@@ -436,7 +436,8 @@ class Sampler(nn.Module):
             out[..., 4 + k, :] = torch.where(use, snapped, angles[..., 4 + k, :])
         return out
 
-    def close_prolines(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    def close_prolines(self, atoms: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
+                       angles: torch.Tensor) -> torch.Tensor:
         """Chi1/chi2 of every proline such that CD–N is a bond: chi1 on a grid, chi2 solved for
         the CD nearest N; the closest closure wins, ties to the decoder's chi1."""
         is_pro = (restype == self.pro)
@@ -462,6 +463,12 @@ class Sampler(nn.Module):
         cd = cg + f2[..., 0] * loc_cd[0] + r * (torch.cos(psi).unsqueeze(-1) * f2[..., 1] +
                                                 torch.sin(psi).unsqueeze(-1) * f2[..., 2])
         gap = (torch.sqrt(((cd - n_at.unsqueeze(2)) ** 2).sum(-1)) - self.bond_n_cd).abs()
+        # CD is 1-3 to the previous residue's C (2.5 Å in real prolines): among closures keep it
+        # off that C
+        c_prev = torch.cat([atoms[:, :1, 2], atoms[:, :-1, 2]], 1).unsqueeze(2)
+        d_prev = torch.sqrt(((cd - c_prev) ** 2).sum(-1) + 1e-12)
+        has_prev = geo.segment_neighbours(segment)[0].to(d_prev.dtype).view(1, -1, 1)
+        gap = gap + torch.relu(2.3 - d_prev) ** 2 * has_prev
         own = torch.atan2(angles[..., 4, 1], angles[..., 4, 0]).unsqueeze(-1)
         score = gap + 0.01 * (1.0 - torch.cos(g.view(1, 1, -1) - own))
         best = _stable_argmin(score, -1).unsqueeze(-1)                     # [B, N, 1]
