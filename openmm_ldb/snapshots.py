@@ -173,7 +173,7 @@ def write_pdb(topology: Topology, positions, file, standard_names: bool = True, 
                       and np.linalg.norm(xyz[a.index] - xyz[b.index]) * 10.0 > max_ss]
         if open_bonds:
             topology = _without_bonds(topology, open_bonds)
-            remarks += [f"disulfide {a.residue.name}{a.residue.id}-{b.residue.name}{b.residue.id} not closed in "
+            remarks += [f"disulfide CYS{a.residue.id}-CYS{b.residue.id} not closed in "
                         f"this frame (SG-SG {np.linalg.norm(xyz[a.index] - xyz[b.index]) * 10.0:.2f} A): "
                         f"not declared" for a, b in open_bonds]
     if isinstance(file, (str, os.PathLike)):
