@@ -18,11 +18,11 @@ class Decoder(nn.Module):
         self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 2 * geo.NUM_ANGLES))
         # expected side-chain error (Å) of each residue: the per-residue confidence
         self.error_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        # the best guess also reads its denoiser's hidden states, not only the 4-number latent
-        # (zero at the start: a model trained without it computes the same function)
         # which staggered well (60, 180, -60 degrees) chi1 and chi2 sit in: logits [B, N, 2, 3]
         # (a regression of (cos, sin) averages two likely wells into an unlikely angle between them)
         self.well_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 6))
+        # the best guess also reads its denoiser's hidden states, not only the 4-number latent
+        # (zero at the start: a model trained without it computes the same function)
         self.skip = nn.Linear(hidden, hidden)
         nn.init.zeros_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)

@@ -22,13 +22,11 @@ class Denoiser(nn.Module):
         self.out = nn.Linear(hidden, latent_dim)
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, z_t, t) -> torch.Tensor:
-        cond = self.time_mlp(timestep_embedding(t, self.time_dim))  # [B, time_dim]
-        h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond)
-        return self.out(h)
+        return self.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z_t, t)[0]
 
     @torch.jit.export
     def latent_and_hidden(self, node, edge, rel, idx, valid, restype, mask, z_t, t) -> Tuple[torch.Tensor, torch.Tensor]:
         """The clean latent and the per-residue hidden states it was read from."""
-        cond = self.time_mlp(timestep_embedding(t, self.time_dim))
+        cond = self.time_mlp(timestep_embedding(t, self.time_dim))  # [B, time_dim]
         h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond)
         return self.out(h), h

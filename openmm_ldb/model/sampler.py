@@ -29,7 +29,7 @@ from torch import nn
 from .. import geometry as geo
 from .. import residues as rc
 from .diffusion import alpha_bar, hash_normal
-from .ldb import BestGuess, LDBModel, well_types
+from .ldb import WELLS_DEG, BestGuess, LDBModel, well_types
 
 # Settings that change the atoms; they travel in the model card (``Sampler.settings()``).
 DEFAULT_SETTINGS = {
@@ -224,7 +224,7 @@ class Sampler(nn.Module):
         snap = float(s["snap_chi1_beyond"])
         self.snap_by_head = bool(s["snap_by_head"])
         self.snap_cos = math.cos(math.radians(snap)) if snap >= 0.0 else 2.0
-        wells = torch.tensor([60.0, 180.0, -60.0]) * (math.pi / 180.0)
+        wells = torch.tensor(WELLS_DEG) * (math.pi / 180.0)
         self.register_buffer("chi1_wells", torch.stack([torch.cos(wells), torch.sin(wells)], -1))
         snap_types = well_types()
         if not bool(s["snap_chi2"]):
