@@ -216,8 +216,9 @@ def test_coherent_stream_releases_after_drift(backmapper, go):
     plan = backmapper.plan(go.topology, go.native_positions, hydrogens=False)
     native = np.asarray(go.native_positions.value_in_unit(unit.nanometer))
     centre = native.mean(0)
-    # 4 % wider per frame: neighbour distances (5-10 Å) grow 0.2-0.4 Å a frame, 1-2 Å in five
-    frames = np.stack([centre + (native - centre) * (1 + 0.04 * k) for k in range(6)])
+    # 8 % wider per frame: neighbour distances (5-10 Å) grow 0.4-0.8 Å a frame (under the 2 Å
+    # gate), 2-4 Å in five
+    frames = np.stack([centre + (native - centre) * (1 + 0.08 * k) for k in range(6)])
     stream = backmapper.sample(plan, frames, 1, deterministic=True, stream_state={}, keep_ca=True)[:, 0]
     single = backmapper.sample(plan, frames, 1, deterministic=True, keep_ca=True)[:, 0]
     res = np.array([a.residue.index for a in plan.topology.atoms()])
@@ -251,3 +252,71 @@ def test_chi1_snapped_to_the_nearest_or_the_most_likely_well():
     logits = torch.zeros(1, 4, 2, 3)
     logits[0, :, 0, 1] = 5.0                                  # the head rates trans (180) most likely
     assert degrees(sampler.snap_chi(angles, restype, logits)) == [180, 170, 100, 180]
+
+
+def _proline_chain_angles(go):
+    """The demo protein with residues 10 and 25 made prolines, its best-guess angles and
+    the peptide plane before each proline turned 135 degrees off the guess, where neither pucker
+    closes the ring within 0.05 Å (a CG trace may ask a proline for such a phi)."""
+    module, _ = load_model(default_model_path())
+    ca, restype, segment, pairs = _inputs(go)
+    restype = restype.clone()
+    pros = [10, 25]
+    restype[pros] = rc.RESTYPE_INDEX["PRO"]
+    with torch.no_grad():
+        x, _, *_, angles, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
+    turn = torch.tensor(np.radians(135.0))
+    prev = torch.tensor(pros) - 1
+    c0, s0 = angles[:, prev, 0, 0].clone(), angles[:, prev, 0, 1].clone()
+    angles[:, prev, 0, 0] = c0 * torch.cos(turn) - s0 * torch.sin(turn)
+    angles[:, prev, 0, 1] = s0 * torch.cos(turn) + c0 * torch.sin(turn)
+    return module, x, restype, segment, pairs, angles, pros
+
+
+@pytest.mark.parametrize("offsets, closed", [([0], False), (None, True)])
+def test_proline_closure_turns_the_plane_before_it(go, offsets, closed):
+    """A proline whose peptide plane cannot close the ring gets the plane turned (up to 30
+    degrees): N–CD is a bond; with ``proline_plane_offsets`` [0] (the plane kept) it is not."""
+    module, x, restype, segment, pairs, angles, pros = _proline_chain_angles(go)
+    if offsets is not None:            # a fresh module per call: its buffer can be swapped
+        module.pro_plane_offsets = torch.tensor(offsets, dtype=torch.float32)
+    with torch.no_grad():
+        atoms, _, _ = module.finish(x, restype, segment, pairs, angles)
+    ring = (atoms[0, pros, PRO_CD] - atoms[0, pros, 0]).norm(dim=-1)
+    gap = float((ring - 1.473).abs().max())
+    assert (gap < 0.05) == closed, ring
+
+
+def test_stream_gives_way_when_a_kept_rotamer_clashes(go):
+    """A rotamer the stream keeps (turns limited to ``stream_max_turn``) that clashes in the new
+    frame takes the frame's own best guess instead (``stream_switch_penalty``); without that
+    candidate it stays within the turn limit of where it was, clash and all."""
+    module, _ = load_model(default_model_path())
+    ca, restype, segment, pairs = _inputs(go)
+    n = len(restype)
+    with torch.no_grad():
+        x, _, *_, fresh, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
+        atoms0, mask, fresh_final = module.finish(x, restype, segment, pairs, fresh)
+        # the residue whose chi1 turned by 120 degrees lands deepest in its neighbours
+        best, r_best, held = 9.0, -1, None
+        for r in range(n):
+            if int((rc.heavy_mask_array()[int(restype[r])][5:rc.NUM_HEAVY_SLOTS]).sum()) < 2:
+                continue
+            a = fresh_final.clone()
+            c, s = a[0, r, 4, 0].clone(), a[0, r, 4, 1].clone()
+            a[0, r, 4, 0], a[0, r, 4, 1] = c * np.cos(2.09) - s * np.sin(2.09), s * np.cos(2.09) + c * np.sin(2.09)
+            at = module.tables.place_sidechains(atoms0[:, :, :rc.NUM_HEAVY_SLOTS].contiguous(), restype, a,
+                                                rc.NUM_HEAVY_SLOTS)
+            sc = at[0, r, 5:rc.NUM_HEAVY_SLOTS][mask[r, 5:rc.NUM_HEAVY_SLOTS] > 0]
+            others = torch.cat([at[0, :r - 1], at[0, r + 2:]], 0)          # not its chain neighbours
+            keep = torch.cat([mask[:r - 1, :rc.NUM_HEAVY_SLOTS], mask[r + 2:, :rc.NUM_HEAVY_SLOTS]], 0) > 0
+            d = float(torch.cdist(sc, others[keep]).min())
+            if r > 0 and d < best:
+                best, r_best, held = d, r, a
+        assert best < 1.5, best
+        limit = torch.full([n], np.radians(30.0))
+        _, _, kept = module.finish(x, restype, segment, pairs, held, limit)
+        _, _, gave_way = module.finish(x, restype, segment, pairs, held, limit, None, fresh)
+    turn_kept = torch.rad2deg(torch.acos((kept[0, r_best, 4] * held[0, r_best, 4]).sum().clamp(-1, 1)))
+    assert float(turn_kept) <= 30.5
+    assert torch.allclose(gave_way[0, r_best, 4], fresh_final[0, r_best, 4], atol=1e-4)

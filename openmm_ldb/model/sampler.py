@@ -42,6 +42,15 @@ DEFAULT_SETTINGS = {
     "repack_fraction": 0.125,
     "proline_chi1_grid": 31,
     "disulfide_grid": 72,
+    # turns (degrees) of the peptide plane before a proline tried when the trace's own cannot
+    # close the ring; a turn costs proline_plane_cost Å per radian of closure gap
+    "proline_plane_offsets": [0, 10, -10, 20, -20, 30, -30],
+    "proline_plane_cost": 0.05,
+    # weight (Å) that keeps a proline's chi1 near the one it comes with (the decoder's, or the
+    # previous frame's in a coherent stream, where the pucker would otherwise flip between two
+    # closures of nearly equal length)
+    "proline_hold": 0.01,
+    "proline_stream_hold": 0.2,
     "hydrogen_rounds": 1,
     # chi1 (not proline's) further than this from the nearest staggered well (degrees) is moved
     # to that well before atoms are placed (-1: never)
@@ -54,9 +63,11 @@ DEFAULT_SETTINGS = {
     "snap_by_head": False,
     "hydrogen_neighbours": 6,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
-    "stream_gate": 1.0,
+    "stream_gate": 2.0,
     # largest side-chain turn (degrees) the clash resolution may make to a kept rotamer in a stream
     "stream_max_turn": 30.0,
+    # clash energy a kept rotamer must exceed before it gives way to the frame's own best guess
+    "stream_switch_penalty": 3.0,
     # 0: the best guess is one pass of its own network; k > 0: k DDIM steps of the diffusion
     # denoiser from zero noise, the continuous latent decoded (v0.1's best guess)
     "guess_ddim_steps": 0,
@@ -80,6 +91,16 @@ def nearest_points(query: torch.Tensor, points: torch.Tensor, k: int, chunk: int
     if kk < k:
         idx = torch.cat([idx, idx[..., :1].expand(idx.shape[0], idx.shape[1], k - kk)], dim=-1)
     return idx
+
+
+def _turn_about(p: torch.Tensor, origin: torch.Tensor, axis: torch.Tensor, cs: torch.Tensor,
+                sn: torch.Tensor) -> torch.Tensor:
+    """Points ``p`` [B, P, 3] turned about the unit ``axis`` [B, P, 1, 3] through ``origin``
+    [B, P, 3] by each angle of (``cs``, ``sn``) [1, 1, D, 1] (Rodrigues): [B, P, D, 3]."""
+    v = (p - origin).unsqueeze(2)
+    v = v.expand(v.shape[0], v.shape[1], cs.shape[2], 3)
+    k = axis.expand_as(v)
+    return origin.unsqueeze(2) + v * cs + torch.cross(k, v, dim=-1) * sn + k * (k * v).sum(-1, keepdim=True) * (1.0 - cs)
 
 
 def _stable_argmin(score: torch.Tensor, dim: int) -> torch.Tensor:
@@ -212,6 +233,12 @@ class Sampler(nn.Module):
         pro_names = rc.slot_names("PRO")
         self.pro_cg = pro_names.index("CG")
         self.pro_cd = pro_names.index("CD")
+        self.pro_cb = pro_names.index("CB")
+        self.register_buffer("pro_plane_offsets", torch.tensor([float(v) for v in s["proline_plane_offsets"]]) *
+                             (math.pi / 180.0))
+        self.pro_plane_cost = float(s["proline_plane_cost"])
+        self.pro_hold = float(s["proline_hold"])
+        self.pro_stream_hold = float(s["proline_stream_hold"])
         self.bond_n_cd = 1.473
         self.register_buffer("pro_chi1_grid", torch.linspace(-45.0, 45.0, int(s["proline_chi1_grid"])) *
                              (math.pi / 180.0))
@@ -232,6 +259,7 @@ class Sampler(nn.Module):
         self.register_buffer("snap_types", snap_types)
         self.stream_gate = float(s["stream_gate"])
         self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
+        self.stream_switch_penalty = float(s["stream_switch_penalty"])
 
         self.guess_ddim_steps = int(s["guess_ddim_steps"])
         self.hydrogen_cutoff = float(s["hydrogen_cutoff"])
@@ -296,20 +324,30 @@ class Sampler(nn.Module):
         return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
-               angles: torch.Tensor, turn_limit: Optional[torch.Tensor] = None
+               angles: torch.Tensor, turn_limit: Optional[torch.Tensor] = None,
+               hold: Optional[torch.Tensor] = None, fresh: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
-        turned by at most ``turn_limit`` [N] radians, unlimited when None), hydrogens.
+        turned by at most ``turn_limit`` [N] radians, unlimited when None; proline puckers kept
+        with weight ``hold`` [N] Å, ``proline_hold`` when None), hydrogens.  ``fresh`` (a
+        stream's own best guess for the frame) is one more candidate of the clash resolution for
+        the side chains held by ``turn_limit``, at a cost of ``stream_switch_penalty``: a kept
+        rotamer that clashes in the new frame gives way.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         angles = self.snap_chi(angles, restype)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
-        angles = self.close_prolines(atoms, restype, segment, angles)
+        if hold is None:
+            hold = torch.full([n], self.pro_hold, device=x.device, dtype=x.dtype)
+        angles, turned = self.close_prolines(atoms, restype, segment, angles, hold)
+        if turned:
+            atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
         if self.repack_sweeps > 0:
             limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
-            angles = self.resolve_clashes(atoms, restype, angles, fixed, limit)
+            alt = self.snap_chi(fresh, restype) if fresh is not None else None
+            angles = self.resolve_clashes(atoms, restype, angles, fixed, limit, alt)
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
@@ -348,17 +386,21 @@ class Sampler(nn.Module):
             nb = idx[b, :, 1:9]                                                # [N, K] this frame's neighbours
             d_frame = torch.sqrt(((x[b].unsqueeze(1) - x[b][nb]) ** 2).sum(-1) + 1e-12)
             limit = unlimited
+            hold = torch.full([n], self.pro_hold, device=ca.device, dtype=ca.dtype)
+            settled = torch.zeros(n, dtype=torch.bool, device=ca.device)
             if have:
                 d_now = torch.sqrt(((x[b].unsqueeze(1) - x[b][a_idx]) ** 2).sum(-1) + 1e-12)
                 settled = (d_now - a_dist).abs().mean(-1) < self.stream_gate          # [N]
                 ang = torch.cat([ang[:, :, :4], torch.where(settled.view(1, n, 1, 1), prev_chi.unsqueeze(0),
                                                             ang[:, :, 4:])], dim=2)
                 limit = torch.where(settled, torch.full_like(unlimited, self.stream_max_turn), unlimited)
+                hold = torch.where(settled, torch.full_like(hold, self.pro_stream_hold), hold)
                 a_idx = torch.where(settled.unsqueeze(-1), a_idx, nb)
                 a_dist = torch.where(settled.unsqueeze(-1), a_dist, d_frame)
             else:
                 a_idx, a_dist = nb, d_frame
-            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit)
+            fresh = angles[b:b + 1] if have else None
+            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit, hold, fresh)
             outs.append(atoms_b)
             prev_chi, have = final[0, :, 4:], True
         atoms = torch.cat(outs, 0)
@@ -437,49 +479,83 @@ class Sampler(nn.Module):
         return out
 
     def close_prolines(self, atoms: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
-                       angles: torch.Tensor) -> torch.Tensor:
+                       angles: torch.Tensor, hold: torch.Tensor) -> Tuple[torch.Tensor, bool]:
         """Chi1/chi2 of every proline such that CD–N is a bond: chi1 on a grid, chi2 solved for
-        the CD nearest N; the closest closure wins, ties to the decoder's chi1."""
-        is_pro = (restype == self.pro)
+        the CD nearest N, and the peptide plane before the proline turned by one of
+        ``proline_plane_offsets`` where the plane the trace gives cannot close the ring (a Cα
+        trace from CG dynamics often has a phi no proline can take).  The closest closure wins;
+        a turned plane costs ``proline_plane_cost`` Å per radian and a chi1 away from the
+        decoder's ``hold`` [N] Å (0.01; a coherent stream raises it for the rotamers it keeps, so
+        that the pucker does not flip between two closures of nearly equal length).  Returns the
+        angles and whether a plane was turned (the backbone must then be built again)."""
+        is_pro = restype == self.pro
         if not bool(is_pro.any()):
-            return angles
+            return angles, False
         t = self.tables
+        pidx = torch.nonzero(is_pro).squeeze(1)                            # [P]
+        has_prev = geo.segment_neighbours(segment)[0]
+        prev = (pidx - 1).clamp(min=0)
+        # the plane before the proline turns only inside a chain and not after another proline
+        # (whose own ring that plane carries)
+        can_turn = has_prev[pidx] & (restype[prev] != self.pro)            # [P]
+        bsz, npro = atoms.shape[0], pidx.shape[0]
+        d = self.pro_plane_offsets                                         # [D] radians, 0 first
+        nd = d.shape[0]
+        n_at, ca, c_at = atoms[:, pidx, 0], atoms[:, pidx, 1], atoms[:, pidx, 2]   # [B, P, 3]
+        ca_prev, c_prev = atoms[:, prev, 1], atoms[:, prev, 2]
+        axis = geo.normalize(ca - ca_prev).unsqueeze(2)                    # [B, P, 1, 3]
+        cs_d, sn_d = torch.cos(d).view(1, 1, nd, 1), torch.sin(d).view(1, 1, nd, 1)
+
+        # the plane turned about the Cα(i-1)–Cα(i) axis: its own degree of freedom
+        n_d = _turn_about(n_at, ca_prev, axis, cs_d, sn_d)                 # [B, P, D, 3]
+        c_prev_d = _turn_about(c_prev, ca_prev, axis, cs_d, sn_d)
+        ca_d = ca.unsqueeze(2).expand_as(n_d)
+        loc_cb = t.sc_local[self.pro, self.pro_cb]
+        cb = ca_d + torch.einsum("bpdij,j->bpdi", geo.nerf_frame(c_at.unsqueeze(2).expand_as(n_d), n_d, ca_d), loc_cb)
         loc_cg = t.sc_local[self.pro, self.pro_cg]
         loc_cd = t.sc_local[self.pro, self.pro_cd]
-        n_at, ca, cb = atoms[:, :, 0], atoms[:, :, 1], atoms[:, :, 4]
-        f1 = geo.nerf_frame(n_at, ca, cb)                                   # [B, N, 3, 3]
+        f1 = geo.nerf_frame(n_d, ca_d, cb)                                 # [B, P, D, 3, 3]
         g = self.pro_chi1_grid
-        cs, sn = torch.cos(g).view(1, 1, -1, 1), torch.sin(g).view(1, 1, -1, 1)
-        e1, mm, nn_ = f1[..., 0].unsqueeze(2), f1[..., 1].unsqueeze(2), f1[..., 2].unsqueeze(2)
-        cg = cb.unsqueeze(2) + e1 * loc_cg[0] + (cs * mm + sn * nn_) * loc_cg[1] + (cs * nn_ - sn * mm) * loc_cg[2]
-        f2 = geo.nerf_frame(ca.unsqueeze(2).expand_as(cg), cb.unsqueeze(2).expand_as(cg), cg)  # [B, N, G, 3, 3]
-        p = n_at.unsqueeze(2) - cg
-        pm = (p * f2[..., 1]).sum(-1)
-        pn = (p * f2[..., 2]).sum(-1)
-        psi = torch.atan2(pn, pm)                                          # direction of N about the axis
-        phase = torch.atan2(loc_cd[2], loc_cd[1])
-        chi2 = psi - phase
+        ng = g.shape[0]
+        cs, sn = torch.cos(g).view(1, 1, 1, ng, 1), torch.sin(g).view(1, 1, 1, ng, 1)
+        e1, mm, nn_ = f1[..., 0].unsqueeze(3), f1[..., 1].unsqueeze(3), f1[..., 2].unsqueeze(3)
+        cg = cb.unsqueeze(3) + e1 * loc_cg[0] + (cs * mm + sn * nn_) * loc_cg[1] + (cs * nn_ - sn * mm) * loc_cg[2]
+        f2 = geo.nerf_frame(ca_d.unsqueeze(3).expand_as(cg), cb.unsqueeze(3).expand_as(cg), cg)  # [B, P, D, G, 3, 3]
+        p = n_d.unsqueeze(3) - cg
+        psi = torch.atan2((p * f2[..., 2]).sum(-1), (p * f2[..., 1]).sum(-1))   # direction of N about the axis
+        chi2 = psi - torch.atan2(loc_cd[2], loc_cd[1])
         r = torch.sqrt(loc_cd[1] ** 2 + loc_cd[2] ** 2)
         cd = cg + f2[..., 0] * loc_cd[0] + r * (torch.cos(psi).unsqueeze(-1) * f2[..., 1] +
                                                 torch.sin(psi).unsqueeze(-1) * f2[..., 2])
-        gap = (torch.sqrt(((cd - n_at.unsqueeze(2)) ** 2).sum(-1)) - self.bond_n_cd).abs()
+        gap = (torch.sqrt(((cd - n_d.unsqueeze(3)) ** 2).sum(-1)) - self.bond_n_cd).abs()   # [B, P, D, G]
         # CD is 1-3 to the previous residue's C (2.5 Å in real prolines): among closures keep it
         # off that C
-        c_prev = torch.cat([atoms[:, :1, 2], atoms[:, :-1, 2]], 1).unsqueeze(2)
-        d_prev = torch.sqrt(((cd - c_prev) ** 2).sum(-1) + 1e-12)
-        has_prev = geo.segment_neighbours(segment)[0].to(d_prev.dtype).view(1, -1, 1)
-        gap = gap + torch.relu(2.3 - d_prev) ** 2 * has_prev
-        own = torch.atan2(angles[..., 4, 1], angles[..., 4, 0]).unsqueeze(-1)
-        score = gap + 0.01 * (1.0 - torch.cos(g.view(1, 1, -1) - own))
-        best = _stable_argmin(score, -1).unsqueeze(-1)                     # [B, N, 1]
-        chi1 = g[best.squeeze(-1)]
-        chi2b = torch.gather(chi2, 2, best).squeeze(-1)
+        d_prev = torch.sqrt(((cd - c_prev_d.unsqueeze(3)) ** 2).sum(-1) + 1e-12)
+        gap = gap + torch.relu(2.3 - d_prev) ** 2 * has_prev[pidx].to(gap.dtype).view(1, npro, 1, 1)
+        own = torch.atan2(angles[:, pidx, 4, 1], angles[:, pidx, 4, 0]).view(bsz, npro, 1, 1)
+        plane_cost = torch.where(can_turn.view(npro, 1) | (d.view(1, nd) == 0.0),
+                                 self.pro_plane_cost * d.abs().view(1, nd),
+                                 torch.full([npro, nd], 1e9, device=atoms.device, dtype=atoms.dtype))
+        score = gap + hold[pidx].view(1, npro, 1, 1) * (1.0 - torch.cos(g.view(1, 1, 1, ng) - own)) + \
+            plane_cost.view(1, npro, nd, 1)
+        best = _stable_argmin(score.reshape(bsz, npro, nd * ng), -1)       # [B, P]
+        bd = torch.div(best, ng, rounding_mode="floor")
+        chi1 = g[best % ng]
+        chi2b = torch.gather(chi2.reshape(bsz, npro, nd * ng), 2, best.unsqueeze(-1)).squeeze(-1)
         new = angles.clone()
-        new[..., 4, 0] = torch.where(is_pro, torch.cos(chi1), angles[..., 4, 0])
-        new[..., 4, 1] = torch.where(is_pro, torch.sin(chi1), angles[..., 4, 1])
-        new[..., 5, 0] = torch.where(is_pro, torch.cos(chi2b), angles[..., 5, 0])
-        new[..., 5, 1] = torch.where(is_pro, torch.sin(chi2b), angles[..., 5, 1])
-        return new
+        new[:, pidx, 4, 0] = torch.cos(chi1)
+        new[:, pidx, 4, 1] = torch.sin(chi1)
+        new[:, pidx, 5, 0] = torch.cos(chi2b)
+        new[:, pidx, 5, 1] = torch.sin(chi2b)
+        turned = bool((bd > 0).any())
+        if turned:
+            # the plane angle of peptide i-1 -> i is the previous residue's angle 0
+            delta = d[bd]                                                  # [B, P]
+            c0, s0 = angles[:, prev, 0, 0], angles[:, prev, 0, 1]
+            cdl, sdl = torch.cos(delta), torch.sin(delta)
+            new[:, prev, 0, 0] = c0 * cdl - s0 * sdl
+            new[:, prev, 0, 1] = s0 * cdl + c0 * sdl
+        return new, turned
 
     def close_disulfides(self, atoms: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Chi1 of both cysteines of each declared pair ([P, 2] residue indices) on a grid so that
@@ -530,14 +606,15 @@ class Sampler(nn.Module):
 
     # ------------------------------------------------------------------ clash resolution
     def resolve_clashes(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, fixed: torch.Tensor,
-                        turn_limit: torch.Tensor) -> torch.Tensor:
+                        turn_limit: torch.Tensor, fresh: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Iterated conditional modes over side-chain rotamers, on the residues that clash.
 
         Candidates are the decoder's own angles turned by ``repack_offsets`` about chi1/chi2.  Each
         sweep scores every residue's current side chain (heavy atoms beyond CB) against its
         neighbours' side chains, the backbones (N, CA, C, O, CB) near it and its own backbone;
         the worst-scoring eighth of the residues then take their least-clashing candidate, in three
-        rounds (a small penalty keeps the decoder's choice where it is clean).
+        rounds (a small penalty keeps the decoder's choice where it is clean).  ``fresh`` [M, N, A, 2]
+        is one more candidate, offered to the residues whose ``turn_limit`` holds them.
         """
         m, n = atoms.shape[0], atoms.shape[1]
         h = self.num_heavy
@@ -546,6 +623,9 @@ class Sampler(nn.Module):
         pos = torch.arange(n, device=atoms.device).view(1, n, 1)
         heavy = atoms[:, :, :h]
         cand_angles = self.candidate_angles(angles, restype)                  # [C, M, N, A, 2]
+        if fresh is not None:
+            cand_angles = torch.cat([cand_angles, fresh.unsqueeze(0)], 0)
+            ncand += 1
         flat_angles = cand_angles.reshape(ncand * m, n, angles.shape[-2], 2)
         base = heavy.unsqueeze(0).expand(ncand, m, n, h, 3).reshape(ncand * m, n, h, 3)
         cand = self.tables.place_sidechains(base, restype, flat_angles, h).reshape(ncand, m, n, h, 3)
@@ -561,8 +641,13 @@ class Sampler(nn.Module):
         pen[0] = 0.0
         # [C, N]: turns larger than a residue's turn_limit are not offered (a coherent stream
         # keeps its rotamers)
-        pen = torch.where(self.repack_offsets.abs().amax(-1).view(ncand, 1) > turn_limit.view(1, n) + 1e-6,
-                          torch.full([ncand, n], 1e9, device=atoms.device, dtype=atoms.dtype), pen.view(ncand, 1))
+        noff = self.repack_offsets.shape[0]
+        pen = torch.where(self.repack_offsets.abs().amax(-1).view(noff, 1) > turn_limit.view(1, n) + 1e-6,
+                          torch.full([noff, n], 1e9, device=atoms.device, dtype=atoms.dtype), pen[:noff].view(noff, 1))
+        if fresh is not None:
+            held = turn_limit < 3.9
+            pen = torch.cat([pen, torch.where(held, torch.full_like(turn_limit, self.stream_switch_penalty),
+                                              torch.full_like(turn_limit, 1e9)).view(1, n)], 0)
         movable = (~fixed).to(atoms.dtype)
         n_active = max(1, min(n, int(math.ceil(n * self.repack_fraction))))
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
