@@ -419,7 +419,7 @@ class GeometryTables(torch.nn.Module):
         slots[self.h2_slot] = h_nterm[1]
         slots[self.h3_slot] = h_nterm[2]
         atoms = torch.stack(slots, dim=2)  # [B, N, S, 3]
-        atoms = self.place_sidechains(atoms, restype, angles, -1)
+        atoms = self.place_sidechains(atoms, restype, angles, -1, 0, -1)
         # an N-terminal proline's NH2+ takes the two of the three NH3+ positions away from its CD
         cd = atoms[:, :, self.pro_cd_slot]
         d = torch.stack([((h - cd) ** 2).sum(-1) for h in h_nterm], -1)       # [B, N, 3]
@@ -449,19 +449,23 @@ class GeometryTables(torch.nn.Module):
 
     @torch.jit.export
     def place_sidechains(self, atoms: torch.Tensor, restype: torch.Tensor,
-                         angles: torch.Tensor, slots: int = -1) -> torch.Tensor:
+                         angles: torch.Tensor, slots: int = -1, first_group: int = 0,
+                         last_group: int = -1) -> torch.Tensor:
         """Side-chain heavy atoms and hydrogens by rigid groups (AlphaFold-style): every atom has
         fixed coordinates in the frame of its group, the backbone frame at CA or the frame of a
         chi torsion rotated by that chi, so all residues and atoms of a group move at once.
         Same atoms as the z-matrix walk (:meth:`place_sidechains_zmatrix`).  ``slots`` > 0 places
-        only the first ``slots`` slots (heavy atoms: ``NUM_HEAVY_SLOTS``) of ``atoms`` [B, N, slots, 3]."""
+        only the first ``slots`` slots (heavy atoms: ``NUM_HEAVY_SLOTS``) of ``atoms`` [B, N, slots, 3];
+        ``first_group``/``last_group`` place only those groups (the others' atoms are kept: with
+        the backbone fixed, the chi groups 1..MAX_CHI are all a torsion change moves)."""
         bsz, n = atoms.shape[0], atoms.shape[1]
         s = self.num_slots if slots <= 0 else slots
         group = self.sc_group[restype][:, :s]             # [N, S]
         local = self.sc_local[restype][:, :s]             # [N, S, 3]
         frame_atoms = self.group_frame_atoms[restype]     # [N, G, 3] slots (a, b, c)
         out = atoms
-        for g in range(self.num_groups):
+        last = self.num_groups - 1 if last_group < 0 else last_group
+        for g in range(first_group, last + 1):
             sel = (group == g)
             idx = frame_atoms[:, g, :].view(1, n, 3, 1).expand(bsz, n, 3, 3)
             abc = torch.gather(out, 2, idx)

@@ -35,7 +35,7 @@ from .ldb import WELLS_DEG, BestGuess, LDBModel, well_types
 DEFAULT_SETTINGS = {
     "regularize_iterations": 40,
     "min_ca_i2": 4.4,
-    "repack_sweeps": 3,
+    "repack_sweeps": 1,
     "repack_cutoff": 3.0,
     "repack_penalty": 0.4,
     "repack_neighbours": 12,
@@ -62,6 +62,17 @@ DEFAULT_SETTINGS = {
     # file trained with the well head turns it on in its card)
     "snap_by_head": False,
     "hydrogen_neighbours": 6,
+    # after the rotamer choice: gradient steps in torsion space (chi1-chi4, bonds stay ideal) for
+    # the side chains that still clash, against the same soft repulsion with a tether to where
+    # they started; each step turns a chi by at most relax_max_step degrees, in all by at most
+    # relax_max_turn (0 steps: off)
+    "relax_steps": 12,
+    "relax_rate": 0.05,
+    "relax_max_step": 8.0,
+    "relax_max_turn": 30.0,
+    "relax_tether": 0.5,
+    "relax_min_energy": 0.02,
+    "relax_margin": 2.0,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 2.0,
     # largest side-chain turn (degrees) the clash resolution may make to a kept rotamer in a stream
@@ -248,6 +259,15 @@ class Sampler(nn.Module):
         self.register_buffer("rotors", torch.as_tensor(rotors))              # [R, 2, 5] Q, P, H, H, H
         self.register_buffer("rotor_step", torch.as_tensor(steps))           # [R, 2] radians, 0 = none
         self.hydrogen_rounds = int(s["hydrogen_rounds"])
+        self.relax_steps = int(s["relax_steps"])
+        self.relax_rate = float(s["relax_rate"])
+        self.relax_max_step = math.radians(float(s["relax_max_step"]))
+        self.relax_max_turn = math.radians(float(s["relax_max_turn"]))
+        self.relax_tether = float(s["relax_tether"])
+        self.relax_min_energy = float(s["relax_min_energy"])
+        self.relax_margin = float(s["relax_margin"])
+        self.register_buffer("chi_exists", torch.as_tensor(rc.chi_mask_array()))          # [R, 4]
+        self.register_buffer("heavy_group", self.tables.sc_group[:, :rc.NUM_HEAVY_SLOTS].clone())
         snap = float(s["snap_chi1_beyond"])
         self.snap_by_head = bool(s["snap_by_head"])
         self.snap_cos = math.cos(math.radians(snap)) if snap >= 0.0 else 2.0
@@ -336,6 +356,7 @@ class Sampler(nn.Module):
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         angles = self.snap_chi(angles, restype)
+        given = angles
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         if hold is None:
             hold = torch.full([n], self.pro_hold, device=x.device, dtype=x.dtype)
@@ -344,11 +365,13 @@ class Sampler(nn.Module):
             atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
+        limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
         if self.repack_sweeps > 0:
-            limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
             alt = self.snap_chi(fresh, restype) if fresh is not None else None
             angles = self.resolve_clashes(atoms, restype, angles, fixed, limit, alt)
-        atoms = self.tables.place_sidechains(atoms, restype, angles, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
+        if self.relax_steps > 0 and n > 1:
+            angles = self.relax_side_chains(atoms, restype, angles, fixed, limit, given)
+        atoms = self.tables.place_sidechains(atoms, restype, angles, -1, 0, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
         return atoms, atom_mask, angles
@@ -628,7 +651,7 @@ class Sampler(nn.Module):
             ncand += 1
         flat_angles = cand_angles.reshape(ncand * m, n, angles.shape[-2], 2)
         base = heavy.unsqueeze(0).expand(ncand, m, n, h, 3).reshape(ncand * m, n, h, 3)
-        cand = self.tables.place_sidechains(base, restype, flat_angles, h).reshape(ncand, m, n, h, 3)
+        cand = self.tables.place_sidechains(base, restype, flat_angles, h, 0, -1).reshape(ncand, m, n, h, 3)
         cand = cand[:, :, :, 5:]                                              # [C, M, N, 9, 3] beyond CB
         bb = heavy[:, :, :5]                                                  # N, CA, C, O, CB
         # neighbours by side-chain centre (clashing side chains can sit on distant Cα)
@@ -695,6 +718,107 @@ class Sampler(nn.Module):
         d = torch.sqrt(((sc.unsqueeze(4) - own_bb.unsqueeze(0).unsqueeze(3)) ** 2).sum(-1) + 1e-12)
         pairs = self.own_backbone_pairs[restype[own]]                          # [M, T, 9, 5]
         return e + (torch.relu(self.repack_cutoff - d) ** 2 * pairs.unsqueeze(0)).sum((3, 4))
+
+    def relax_side_chains(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor,
+                          fixed: torch.Tensor, turn_limit: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+        """Gradient steps in torsion space for the side chains that still clash after the rotamer
+        choice: chi1-chi4 turned down the gradient of the clash resolution's soft repulsion
+        (against the neighbours' heavy atoms and the own backbone) plus a tether to the start.
+
+        The gradient is analytic: turning chi_k about its bond axis u (through c) moves every
+        atom beyond it by u x (x - c), so dE/dchi_k = u . sum (x - c) x dE/dx.  Bonds and angles
+        stay ideal.  One screen picks the residues whose repulsion exceeds ``relax_min_energy``
+        in their own frame (a frame's atoms do not depend on its batch) and the atom pairs that
+        can come within the cutoff; the steps then touch only those pairs.  A chi turns at most
+        ``relax_max_turn``; one a stream keeps (``turn_limit`` [N] below 4 rad) stays within
+        its limit of the ``given`` angles, whatever the rotamer choice turned already."""
+        m, n = atoms.shape[0], atoms.shape[1]
+        h = self.num_heavy
+        heavy = self.tables.place_sidechains(atoms[:, :, :h].contiguous(), restype, angles, h, 0, -1)
+        kk = min(self.repack_neighbours, n - 1)
+        ctr_w = self.centre_weight[restype]
+        centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
+        nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K]
+        movable = (~fixed) & (self.chi_exists[restype].sum(-1) > 0)
+        cand = torch.nonzero(movable).squeeze(1)                              # [C]
+        c = cand.shape[0]
+        if c == 0:
+            return angles
+        # the screen: every side-chain atom beyond CB against its neighbours' heavy atoms and its
+        # own backbone (pairs more than three bonds apart)
+        nb_c = nb[:, cand]
+        sc = heavy[:, cand, 5:]                                                # [M, C, 9, 3]
+        other = torch.cat([gather_residues(heavy, nb_c).reshape(m, c, kk * h, 3), heavy[:, cand, :5]], 2)
+        nother = other.shape[2]
+        w_o = (self.sc_heavy + self.bb_heavy)[restype[nb_c]].reshape(m, c, kk * h)
+        w = torch.cat([self.sc_heavy[restype[cand]][:, 5:].view(1, c, 9, 1) * w_o.unsqueeze(2),
+                       self.own_backbone_pairs[restype[cand]].unsqueeze(0).expand(m, c, 9, 5)], 3)
+        origin = sc[:, :, :1]
+        d0 = torch.cdist((sc - origin).reshape(m * c, 9, 3), (other - origin).reshape(m * c, nother, 3))
+        d0 = d0.view(m, c, 9, nother)
+        over0 = torch.relu(self.repack_cutoff - d0) * w
+        act_frame = (over0 * over0).sum((2, 3)) > self.relax_min_energy      # [M, C]
+        keep = act_frame.any(0)
+        if not bool(keep.any()):
+            return angles
+        act = cand[keep]                                                      # [A]
+        a = act.shape[0]
+        at_of = torch.cumsum(keep.to(torch.long), 0) - 1                      # candidate -> row in act
+        # pairs that can come within the cutoff while the chis turn (tips move up to ~3 Å)
+        near = (d0 < self.repack_cutoff + self.relax_margin) & (w > 0) & act_frame.view(m, c, 1, 1)
+        pr = torch.nonzero(near)                                               # [P, 4] frame, cand, atom, other
+        pm, pa, ps, pb = pr[:, 0], at_of[pr[:, 1]], pr[:, 2] + 5, pr[:, 3]
+        in_nb = pb < kk * h
+        kq = torch.div(pb, h, rounding_mode="floor").clamp(max=kk - 1)
+        p_res = torch.where(in_nb, nb_c[pm, pr[:, 1], kq], cand[pr[:, 1]])
+        p_slot = torch.where(in_nb, pb % h, pb - kk * h)
+        pw = w[pm, pr[:, 1], pr[:, 2], pb]
+        on = act_frame[:, keep].to(atoms.dtype)                               # [M, A]
+        rt = restype[act]
+        chi_on = self.chi_exists[rt].unsqueeze(0) * on.unsqueeze(-1)         # [M, A, 4]
+        base = atoms[:, act, :h].contiguous()
+        fixed_pos = heavy[:, act]
+        ang = angles[:, act]
+        chi0 = torch.atan2(ang[..., 4:8, 1], ang[..., 4:8, 0])                 # [M, A, 4]
+        off = torch.zeros_like(chi0)
+        lim = turn_limit[act].view(1, a, 1)
+        held = lim < 3.9
+        chi_given = torch.atan2(given[:, act, 4:8, 1], given[:, act, 4:8, 0])
+        done = torch.where(held, torch.atan2(torch.sin(chi0 - chi_given), torch.cos(chi0 - chi_given)),
+                           torch.zeros_like(chi0))
+        cap = torch.where(held, lim.clamp(max=self.relax_max_turn), torch.full_like(lim, self.relax_max_turn))
+        lo, hi = -cap - done, cap - done
+        # chi_k turns the atoms of groups k..MAX_CHI about the axis b -> c of its frame (a, b, c)
+        beyond = (self.heavy_group[rt].unsqueeze(1) >= torch.arange(1, 5, device=atoms.device).view(1, 4, 1))
+        beyond = beyond.to(atoms.dtype).view(1, a, 4, h, 1)
+        axes = self.tables.group_frame_atoms[rt][:, 1:5, 1:].contiguous()     # [A, 4, 2] slots b, c
+        cur = heavy
+        rows = torch.arange(m, device=atoms.device).view(m, 1).expand(m, a)
+        cols = act.view(1, a).expand(m, a)
+        for _ in range(self.relax_steps):
+            chi = chi0 + off
+            ang = torch.cat([ang[..., :4, :], torch.stack([torch.cos(chi), torch.sin(chi)], -1)], 2)
+            pos = self.tables.place_sidechains(base, rt, ang, h, 1, 4)         # [M, A, H, 3] chi groups
+            # a residue still in its own frame keeps its exact atoms (no rounding through atan2)
+            pos = torch.where(on.view(m, a, 1, 1) > 0, pos, fixed_pos)
+            cur = cur.index_put((rows, cols), pos)
+            v = pos[pm, pa, ps] - cur[pm, p_res, p_slot]                        # [P, 3]
+            d = torch.sqrt((v * v).sum(-1) + 1e-12)
+            over = torch.relu(self.repack_cutoff - d) * pw
+            grad = torch.zeros_like(pos).index_put((pm, pa, ps), (-2.0 * over / d).unsqueeze(-1) * v,
+                                                   accumulate=True)             # dE/dx [M, A, H, 3]
+            ends = torch.gather(pos, 2, axes.view(1, a, 8, 1).expand(m, a, 8, 3)).view(m, a, 4, 2, 3)
+            u = geo.normalize(ends[:, :, :, 1] - ends[:, :, :, 0])             # [M, A, 4, 3] chi axes
+            arm = torch.cross(pos.unsqueeze(2) - ends[:, :, :, 1].unsqueeze(3),
+                              (grad.unsqueeze(2) * beyond).expand(m, a, 4, h, 3), dim=-1).sum(3)
+            g = (u * arm).sum(-1) + 2.0 * self.relax_tether * off
+            step = (self.relax_rate * g).clamp(-self.relax_max_step, self.relax_max_step) * chi_on
+            off = torch.minimum(torch.maximum(off - step, lo), hi)
+        chi = chi0 + off
+        ang = torch.cat([ang[..., :4, :], torch.stack([torch.cos(chi), torch.sin(chi)], -1)], 2)
+        out = angles.clone()
+        out[:, act] = torch.where(on.view(m, a, 1, 1) > 0, ang, angles[:, act])
+        return out
 
     def turn_hydrogens(self, atoms: torch.Tensor, restype: torch.Tensor, atom_mask: torch.Tensor) -> torch.Tensor:
         """Methyl, amine, hydroxyl and thiol hydrogens turned (by 0 or +-60 degrees, +-120 for a
