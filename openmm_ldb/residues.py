@@ -245,6 +245,13 @@ CHAIN_BREAK_CA_CA = 4.5
 # Disulfide geometry and the Cα–Cα window in which we try to form one.
 BOND_SG_SG = 2.04
 DISULFIDE_CA_CA_MAX = 6.8
+# CB of a disulfide pair sit 3.4-4.3 Å apart.  Where only the Cα trace is known, CB is estimated in
+# the frame of Cα(i-1), Cα(i), Cα(i+1) (x along Cα(i+1) - Cα(i-1), y the outward bisector, z = x × y):
+# mean offset over 12,351 residues of the validation chains (0.2-0.27 Å spread per axis).
+DISULFIDE_CB_CB = 3.8
+CB_FROM_TRACE = (0.162, 1.160, 0.909)
+# largest estimated CB–CB of a pair declared from the trace (true pairs: 99th percentile 5.0 Å)
+DISULFIDE_TRACE_CB_MAX = 5.5
 
 
 def peptide_template(cis: bool = False) -> dict[str, np.ndarray]:

@@ -269,3 +269,33 @@ def test_positions_from_slots_in_topology_order(real_chains, forcefield):
     context.setPositions(pos * 0.1)
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
     assert np.isfinite(energy)
+
+
+def test_disulfide_partner_chosen_by_where_its_cb_points():
+    """Of two cysteines within the Cα window of a third, the one whose CB faces it is paired (the
+    CB estimated from the trace), not the one with the nearer Cα whose side chain points away;
+    and a pair whose CBs point apart is not declared at all (real CBs of the demo protein)."""
+    from openmm.app import PDBFile
+
+    from openmm_ldb.backmapper import find_disulfides
+
+    pdb = PDBFile(str(demo_structure_path()))
+    xyz = pdb.getPositions(asNumpy=True).value_in_unit(openmm.unit.angstrom)
+    ca = np.array([[xyz[a.index] for a in r.atoms() if a.name == "CA"][0] for r in pdb.topology.residues()])
+    cb = np.array([([xyz[a.index] for a in r.atoms() if a.name == "CB"] or [np.full(3, 99.0)])[0]
+                   for r in pdb.topology.residues()])
+    n = len(ca)
+    d_ca = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
+    d_cb = np.linalg.norm(cb[:, None] - cb[None], axis=-1)
+    sep = np.abs(np.arange(n)[:, None] - np.arange(n)[None]) >= 3
+    facing = sep & (d_ca >= 3.8) & (d_ca <= 6.8) & (d_cb > 3.4) & (d_cb < 4.3)
+    apart = sep & (d_ca >= 3.8) & (d_ca <= 6.8) & (d_cb > 6.5)
+    triple = next((i, j, k) for i in range(n) for j in range(n) for k in range(n)
+                  if facing[i, j] and apart[i, k] and d_ca[i, k] < d_ca[i, j] and j != k and not facing[j, k]
+                  and not apart[j, k] and abs(j - k) >= 2 and 0 < min(i, j, k) and max(i, j, k) < n - 1)
+    i, j, k = triple
+    restype = np.full(n, rc.RESTYPE_INDEX["ALA"])
+    restype[[i, j, k]] = rc.RESTYPE_INDEX["CYS"]
+    assert find_disulfides(ca, restype) == [tuple(sorted((i, j)))]
+    restype[j] = rc.RESTYPE_INDEX["ALA"]
+    assert find_disulfides(ca, restype) == []
