@@ -26,19 +26,22 @@ from openmm_ldb.backmapper import Backmapper
 RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "S": 1.05}
 
 
-def bad_contacts(topology, xyz_nm) -> int:
-    """Pairs of atoms in different residues within r_i + r_j + 0.3 Å that the topology does not bond."""
+def bad_contacts(topology, xyz_nm) -> list[str]:
+    """Pairs of atoms in different residues within r_i + r_j + 0.3 Å that the topology does not
+    bond, as 'RES12:H -- RES40:O 1.02'."""
     atoms = list(topology.atoms())
     xyz = np.asarray(xyz_nm) * 10.0
     bonded = {(min(a.index, b.index), max(a.index, b.index)) for a, b in topology.bonds()}
     rad = np.array([RADII.get(a.element.symbol if a.element else a.name[0], 0.76) for a in atoms])
     i, j, d = metrics.close_pairs(xyz, 2.4)
     res = np.array([a.residue.index for a in atoms])
-    n = 0
+    out = []
     for x, y, dd in zip(i, j, d):
         if res[x] != res[y] and dd < rad[x] + rad[y] + 0.3 and (min(x, y), max(x, y)) not in bonded:
-            n += 1
-    return n
+            ax, ay = atoms[x], atoms[y]
+            out.append(f"{ax.residue.name}{ax.residue.id}:{ax.name} -- {ay.residue.name}{ay.residue.id}:{ay.name} "
+                       f"{dd:.2f}")
+    return out
 
 
 def declared_disulfides(path) -> list[float]:
@@ -56,6 +59,7 @@ def main() -> int:
     p.add_argument("--interval", type=int, default=1000)
     p.add_argument("--snapshots", type=int, default=3)
     p.add_argument("--model", default=None)
+    p.add_argument("--settings", default=None, help="JSON of sampler settings for the snapshots' backmapper")
     p.add_argument("--out", default="benchmarks/results/meeko_check.json")
     a = p.parse_args()
     from openmm_ldb import cg
@@ -63,13 +67,17 @@ def main() -> int:
 
     data = os.environ.get("OPENMM_LDB_DATA", "../shared/data")
     structures = [str(cg.demo_structure_path())] + [os.path.join(data, "structures", p) for p in a.structures]
-    bm = Backmapper(a.model, threads=1)
+    bm = Backmapper(a.model, threads=1, settings=json.loads(a.settings) if a.settings else None)
     rows = []
     work = tempfile.mkdtemp()
     for path in structures:
         if not os.path.exists(path):
             continue
-        go = cg.GoModel.from_structure(path, chains=[0])
+        try:
+            go = cg.GoModel.from_structure(path, chains=[0])
+        except ValueError as e:              # first chain not a protein
+            print(path, "skipped:", e)
+            continue
         sim = cg.make_simulation(go.topology, go.create_system(), go.native_positions, seed=1)
         name = os.path.basename(path).split(".")[0]
         out_dir = os.path.join(work, name)
@@ -83,12 +91,13 @@ def main() -> int:
                                   capture_output=True, text=True)
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             pdbf = PDBFile(fpath)
+            bad = bad_contacts(pdbf.topology, pdbf.getPositions(asNumpy=True)._value)
             rows.append({"structure": name, "snapshot": pdb, "residues": pdbf.topology.getNumResidues(),
                          "meeko_ok": proc.returncode == 0,
-                         "bad_contacts": bad_contacts(pdbf.topology, pdbf.getPositions(asNumpy=True)._value),
+                         "bad_contacts": len(bad), "bad_pairs": bad,
                          "declared_ss_lengths": [round(x, 2) for x in declared_disulfides(fpath)],
                          "meeko_tail": tail if proc.returncode else []})
-            print(name, pdb, rows[-1]["meeko_ok"], rows[-1]["bad_contacts"], flush=True)
+            print(name, pdb, rows[-1]["meeko_ok"], rows[-1]["bad_contacts"], bad[:8], flush=True)
     out = {"n": len(rows), "meeko_passed": sum(r["meeko_ok"] for r in rows),
            "chains_with_bad_contacts": sum(r["bad_contacts"] > 0 for r in rows),
            "declared_disulfides": sum(len(r["declared_ss_lengths"]) for r in rows),

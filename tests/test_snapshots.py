@@ -24,18 +24,18 @@ from openmm_ldb.snapshots import (
 
 torch.set_num_threads(1)
 CPU = {"platform": "CPU", "platform_properties": {"Threads": "1"}}
-CYS_PAIR = (1, 17)  # GB1 β1-β2 hairpin: T2 and T18 face each other across the strands, Cα–Cα 5.5 Å
+CYS_PAIR = (4, 15)  # GB1 β1-β2 hairpin: L5 and T16 face each other across the strands, Cα–Cα 5.2 Å
 
 
 @pytest.fixture()
 def hairpin_sim():
-    """A 20-residue CG hairpin (GB1 1-20) with two CYS whose Cα are 5.5 Å apart."""
+    """A 20-residue CG hairpin (GB1 1-20) with two CYS whose Cα are 5.2 Å apart."""
     go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
     xyz = np.array(go.native_positions.value_in_unit(unit.nanometer))[:20]
     seq = "".join(rc.RESTYPES_1[rc.RESTYPES_3.index(r.name)] for r in go.topology.residues())[:20]
     seq = "".join("C" if i in CYS_PAIR else a for i, a in enumerate(seq))
     top = cg.ca_topology(seq)
-    assert abs(np.linalg.norm(xyz[CYS_PAIR[0]] - xyz[CYS_PAIR[1]]) - 0.55) < 0.01
+    assert abs(np.linalg.norm(xyz[CYS_PAIR[0]] - xyz[CYS_PAIR[1]]) - 0.518) < 0.01
     hairpin = cg.GoModel(top, xyz * unit.nanometer)
     return cg.make_simulation(top, hairpin.create_system(), xyz, seed=2, **CPU)
 
@@ -79,7 +79,9 @@ def test_snapshots_named_by_step_with_ssbond(hairpin_sim, backmapper, tmp_path):
 
 
 def test_several_samples(hairpin_sim, backmapper, tmp_path):
-    reporter = SnapshotReporter(str(tmp_path), 40, backmapper=backmapper, prefix="snap", nSamples=2, seed=5)
+    # without the polish, file k is exactly sample k of the backmapper given
+    reporter = SnapshotReporter(str(tmp_path), 40, backmapper=backmapper, prefix="snap", nSamples=2, seed=5,
+                                polish=False)
     hairpin_sim.reporters.append(reporter)
     hairpin_sim.step(40)
     names = [os.path.basename(p) for p in reporter.files]
@@ -201,3 +203,42 @@ def test_snapshot_carries_confidence_and_open_disulfides_can_be_left_undeclared(
     write_pdb(reporter.topology, xyz, str(out), max_ss=0.5)   # every S–S counts as open
     text = out.read_text()
     assert "SSBOND" not in text and "not declared" in text
+
+
+_RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "S": 1.05}
+
+
+def _bonding_contacts(path):
+    """Atom pairs of different residues within r_i + r_j + 0.3 Å that the file does not bond:
+    what Meeko's receptor preparation rejects; and the longest bond (Å)."""
+    pdb = app.PDBFile(path)
+    atoms = list(pdb.topology.atoms())
+    xyz = pdb.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    rad = np.array([_RADII[a.element.symbol] for a in atoms])
+    res = np.array([a.residue.index for a in atoms])
+    bonded = {frozenset((a.index, b.index)) for a, b in pdb.topology.bonds()}
+    d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
+    i, j = np.nonzero(np.triu(d < rad[:, None] + rad[None] + 0.3, 1) & (res[:, None] != res[None]))
+    n = sum(frozenset((int(a), int(b))) not in bonded for a, b in zip(i, j))
+    longest = max(float(d[a.index, b.index]) for a, b in pdb.topology.bonds())
+    return n, longest
+
+
+def test_snapshots_polished_for_docking(tmp_path):
+    """Default snapshots of a real Go-model run of the demo protein have no two atoms of different
+    residues (hydrogens included) within bonding distance, with every bond intact; the same frames
+    without the polish have such pairs (the test can fail)."""
+    from openmm_ldb.backmapper import Backmapper
+
+    backmapper = Backmapper(threads=1)                 # the shipped model
+    counts = {}
+    for polish in (False, True):
+        go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
+        sim = cg.make_simulation(go.topology, go.create_system(), go.native_positions, seed=1, **CPU)
+        rep = SnapshotReporter(tmp_path / f"p{int(polish)}", 1000, backmapper=backmapper, polish=polish)
+        sim.reporters.append(rep)
+        sim.step(3000)
+        found = [_bonding_contacts(f) for f in rep.files]
+        counts[polish] = sum(c for c, _ in found)
+        assert max(b for _, b in found) < 1.9          # S-S 2.04 Å is the only bond this long: none here
+    assert counts[True] == 0 and counts[False] > 0, counts

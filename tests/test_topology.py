@@ -277,7 +277,7 @@ def test_disulfide_partner_chosen_by_where_its_cb_points():
     and a pair whose CBs point apart is not declared at all (real CBs of the demo protein)."""
     from openmm.app import PDBFile
 
-    from openmm_ldb.backmapper import find_disulfides
+    from openmm_ldb.backmapper import find_disulfides, trace_cb
 
     pdb = PDBFile(str(demo_structure_path()))
     xyz = pdb.getPositions(asNumpy=True).value_in_unit(openmm.unit.angstrom)
@@ -288,8 +288,11 @@ def test_disulfide_partner_chosen_by_where_its_cb_points():
     d_ca = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
     d_cb = np.linalg.norm(cb[:, None] - cb[None], axis=-1)
     sep = np.abs(np.arange(n)[:, None] - np.arange(n)[None]) >= 3
-    facing = sep & (d_ca >= 3.8) & (d_ca <= 6.8) & (d_cb > 3.4) & (d_cb < 4.3)
-    apart = sep & (d_ca >= 3.8) & (d_ca <= 6.8) & (d_cb > 6.5)
+    est = trace_cb(ca)
+    d_est = np.linalg.norm(est[:, None] - est[None], axis=-1)
+    window = sep & (d_ca >= 3.8) & (d_ca <= 6.8) & np.isfinite(d_est)
+    facing = window & (d_cb > 3.4) & (d_cb < 4.6) & (d_est < 4.6)
+    apart = window & (d_cb > 6.5) & (d_est > rc.DISULFIDE_TRACE_CB_MAX)
     triple = next((i, j, k) for i in range(n) for j in range(n) for k in range(n)
                   if facing[i, j] and apart[i, k] and d_ca[i, k] < d_ca[i, j] and j != k and not facing[j, k]
                   and not apart[j, k] and abs(j - k) >= 2 and 0 < min(i, j, k) and max(i, j, k) < n - 1)

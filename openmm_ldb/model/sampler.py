@@ -30,6 +30,7 @@ from .. import geometry as geo
 from .. import residues as rc
 from .diffusion import alpha_bar, hash_normal
 from .ldb import WELLS_DEG, BestGuess, LDBModel, well_types
+from .polish import ContactPolish
 
 # Settings that change the atoms; they travel in the model card (``Sampler.settings()``).
 DEFAULT_SETTINGS = {
@@ -73,6 +74,13 @@ DEFAULT_SETTINGS = {
     "relax_tether": 0.5,
     "relax_min_energy": 0.02,
     "relax_margin": 2.0,
+    # contact polish (``polish.py``): steps pushing atoms of different residues, hydrogens
+    # included, out of bonding distance (+ polish_margin Å) with bonds and angles kept; 0 = off
+    # (SnapshotReporter turns it on for docking snapshots)
+    "polish_steps": 0,
+    "polish_margin": 0.4,
+    "polish_sweeps": 4,
+    "polish_neighbours": 20,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 2.0,
     # largest side-chain turn (degrees) the clash resolution may make to a kept rotamer in a stream
@@ -266,6 +274,8 @@ class Sampler(nn.Module):
         self.relax_tether = float(s["relax_tether"])
         self.relax_min_energy = float(s["relax_min_energy"])
         self.relax_margin = float(s["relax_margin"])
+        self.polish = ContactPolish(int(s["polish_steps"]), float(s["polish_margin"]), int(s["polish_neighbours"]),
+                                    int(s["polish_sweeps"]))
         self.register_buffer("chi_exists", torch.as_tensor(rc.chi_mask_array()))          # [R, 4]
         self.register_buffer("heavy_group", self.tables.sc_group[:, :rc.NUM_HEAVY_SLOTS].clone())
         snap = float(s["snap_chi1_beyond"])
@@ -374,6 +384,8 @@ class Sampler(nn.Module):
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1, 0, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
+        if self.polish.steps > 0:
+            atoms = self.polish(atoms, restype, segment, atom_mask, disulfides)
         return atoms, atom_mask, angles
 
     @torch.jit.export

@@ -1,0 +1,267 @@
+"""Contact polish: the last step of the exported function for docking snapshots.
+
+A receptor preparation (Meeko for AutoDock Vina) rejects a structure with two atoms of different
+residues, hydrogens included, within bonding distance (sum of covalent radii + 0.3 Å).  The rotamer
+choice and the torsion relaxation move side chains only; what is left is mostly backbone against
+backbone or CB, where a CG trace packs two strands or loops too tightly.  This step moves the atoms
+of the residues involved (and their chain neighbours, so that peptide planes can turn) by
+position-based dynamics: each step pushes the pairs that are too close apart, then projects the
+atoms back onto their bonds and bond angles (1-2 and 1-3 distances, whole rings and peptide units
+kept rigid) by a few Jacobi sweeps.  Cα never move.  Off by default (``polish_steps`` 0); a
+:class:`~openmm_ldb.snapshots.SnapshotReporter` turns it on.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import residues as rc
+
+# covalent radii (Å) for the bonding-distance test a receptor preparation applies
+_RADII = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "S": 1.05}
+# terminal atoms the internal-residue templates lack: (slot name, bonded to)
+_TERMINAL_BONDS = (("OXT", "C"), ("H2", "N"), ("H3", "N"))
+# pairs between residue i (first) and i + 1 (second) whose distances the peptide unit fixes
+_PEPTIDE_PAIRS = (("C", "N"), ("CA", "N"), ("O", "N"), ("C", "CA"), ("C", "H"), ("C", "CD"), ("O", "H"),
+                  ("O", "CA"), ("CA", "H"), ("O", "CD"), ("CA", "CD"))
+
+
+def _ring_atoms(names: set, bonds: list) -> set:
+    """Atoms on a cycle of the bond graph (an edge is on a cycle when its ends stay connected
+    without it)."""
+    out = set()
+    for a, b in bonds:
+        adj: dict = {x: set() for x in names}
+        for x, y in bonds:
+            if {x, y} != {a, b}:
+                adj[x].add(y)
+                adj[y].add(x)
+        seen, todo = {a}, [a]
+        while todo:
+            x = todo.pop()
+            for y in adj[x]:
+                if y not in seen:
+                    seen.add(y)
+                    todo.append(y)
+        if b in seen:
+            out.update((a, b))
+    return out
+
+
+def polish_tables() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(intra [R, P, 2] slot pairs whose distance is kept (-1 padded), peptide [Q, 2] slot pairs
+    between consecutive residues, radius [R, S] covalent radius of every slot (0: no atom),
+    bonds_to [R, 3, S] bonds from C, N and SG to each slot (99: none))."""
+    s = rc.NUM_SLOTS
+    pairs: List[List[Tuple[int, int]]] = []
+    radius = np.zeros((rc.NUM_RESTYPES, s), dtype=np.float32)
+    bonds_to = np.full((rc.NUM_RESTYPES, 3, s), 99, dtype=np.int64)
+    for r, name in enumerate(rc.RESTYPES_3):
+        slots = {a: i for i, a in enumerate(rc.slot_names(name)) if a}
+        bonds = [b for b in rc.residue_bonds(name, hydrogens=True) if b[0] in slots and b[1] in slots]
+        bonds += [(a, b) for a, b in _TERMINAL_BONDS if a in slots and b in slots]
+        if "H" in slots and ("H", "N") not in bonds and ("N", "H") not in bonds:
+            bonds.append(("H", "N"))
+        nbrs: dict = {a: set() for a in slots}
+        for a, b in bonds:
+            nbrs[a].add(b)
+            nbrs[b].add(a)
+        ring = _ring_atoms(set(slots), bonds)
+        keep = set()
+        for a in slots:
+            dist = {a: 0}
+            frontier = [a]
+            while frontier:
+                nxt = []
+                for x in frontier:
+                    for y in nbrs[x]:
+                        if y not in dist:
+                            dist[y] = dist[x] + 1
+                            nxt.append(y)
+                frontier = nxt
+            for b, d in dist.items():
+                # 1-2 and 1-3 everywhere; any pair within a ring system (kept flat and rigid)
+                if a < b and (d in (1, 2) or (a in ring and b in ring and d > 0)):
+                    keep.add((slots[a], slots[b]))
+        pairs.append(sorted(keep))
+        for a, i in slots.items():
+            radius[r, i] = _RADII[rc.element_of(a)]
+        for k, root in enumerate(("C", "N", "SG")):
+            if root not in slots:
+                continue
+            dist = {root: 0}
+            frontier = [root]
+            while frontier:
+                nxt = []
+                for x in frontier:
+                    for y in nbrs[x]:
+                        if y not in dist:
+                            dist[y] = dist[x] + 1
+                            nxt.append(y)
+                frontier = nxt
+            for a, d in dist.items():
+                bonds_to[r, k, slots[a]] = d
+    width = max(len(p) for p in pairs)
+    intra = np.full((rc.NUM_RESTYPES, width, 2), -1, dtype=np.int64)
+    for r, p in enumerate(pairs):
+        intra[r, :len(p)] = p
+    names = rc.slot_names("ALA")
+    pro = rc.slot_names("PRO")
+    peptide = np.array([(names.index(a), (pro if b == "CD" else names).index(b)) for a, b in _PEPTIDE_PAIRS],
+                       dtype=np.int64)
+    return intra, peptide, radius, bonds_to
+
+
+class ContactPolish(nn.Module):
+    """Atoms of different residues (more than three bonds apart) pushed out of bonding distance, bonds
+    and angles kept; see the module docstring."""
+
+    def __init__(self, steps: int, margin: float, neighbours: int, sweeps: int = 4):
+        super().__init__()
+        intra, peptide, radius, bonds_to = polish_tables()
+        self.register_buffer("bonds_to", torch.as_tensor(bonds_to))
+        self.register_buffer("intra", torch.as_tensor(intra))
+        self.register_buffer("peptide", torch.as_tensor(peptide))
+        self.register_buffer("radius", torch.as_tensor(radius))
+        self.steps = int(steps)
+        self.margin = float(margin)
+        self.neighbours = int(neighbours)
+        self.sweeps = int(sweeps)
+        self.ca = 1
+        self.sg = rc.slot_names("CYS").index("SG")
+        self.cb = 4
+
+    def forward(self, atoms: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, atom_mask: torch.Tensor,
+                disulfides: torch.Tensor) -> torch.Tensor:
+        m, n, s = atoms.shape[0], atoms.shape[1], atoms.shape[2]
+        if self.steps <= 0 or n < 3:
+            return atoms
+        dev = atoms.device
+        kk = min(self.neighbours, n - 1)
+        # neighbours by the centre of each residue's atoms (side chains reach past Cα distance)
+        centre = (atoms * atom_mask.view(1, n, s, 1)).sum(2) / atom_mask.sum(-1).clamp(min=1.0).view(1, n, 1)
+        d_c = torch.cdist(centre - centre[:, :1], centre - centre[:, :1])
+        nb = torch.topk(-d_c, kk + 1, dim=-1)[1]                                   # [M, N, K+1]
+        pos = torch.arange(n, device=dev)
+        rel = nb - pos.view(1, n, 1)
+        ok_nb = rel != 0
+        # pairs three bonds or fewer apart never count: across the peptide bond (residues i and
+        # i + 1 of one segment) and across a disulfide
+        bt = self.bonds_to[restype]                                              # [N, 3, S]
+        bt_nb = bt[nb]                                                           # [M, N, K+1, 3, S]
+        same_seg = segment.view(1, n, 1) == segment[nb]
+        after = (rel == 1) & same_seg
+        before = (rel == -1) & same_seg
+        path = torch.full(nb.shape + (s, s), 99, dtype=torch.long, device=dev)
+        path = torch.where(after.view(m, n, kk + 1, 1, 1),
+                           bt[:, 0].view(1, n, 1, s, 1) + 1 + bt_nb[:, :, :, 1].view(m, n, kk + 1, 1, s), path)
+        path = torch.where(before.view(m, n, kk + 1, 1, 1),
+                           bt[:, 1].view(1, n, 1, s, 1) + 1 + bt_nb[:, :, :, 0].view(m, n, kk + 1, 1, s), path)
+        if disulfides.shape[0] > 0:
+            partner = torch.full([n], -1, dtype=torch.long, device=dev)
+            partner[disulfides[:, 0]] = disulfides[:, 1]
+            partner[disulfides[:, 1]] = disulfides[:, 0]
+            bonded = nb == partner.view(1, n, 1)
+            path = torch.where(bonded.view(m, n, kk + 1, 1, 1),
+                               bt[:, 2].view(1, n, 1, s, 1) + 1 + bt_nb[:, :, :, 2].view(m, n, kk + 1, 1, s), path)
+        # every atom against every atom of those neighbours: the receptor preparation's test
+        # (radii + 0.3 Å) and a margin for a clean result
+        rad = self.radius[restype] * atom_mask                                  # [N, S]
+        exists = atom_mask > 0
+        other = atoms[torch.arange(m, device=dev).view(m, 1, 1), nb]            # [M, N, K+1, S, 3]
+        v = atoms.reshape(m, n, 1, s, 1, 3) - other.reshape(m, n, kk + 1, 1, s, 3)
+        d = torch.sqrt((v * v).sum(-1) + 1e-12)                                  # [M, N, K+1, S, S]
+        limit = rad.view(1, n, 1, s, 1) + rad[nb].view(m, n, kk + 1, 1, s) + 0.3 + self.margin
+        valid = exists.view(1, n, 1, s, 1) & exists[nb].view(m, n, kk + 1, 1, s) & ok_nb.view(m, n, kk + 1, 1, 1) & \
+            (path > 3)
+        close = valid & (d < limit)
+        if not bool(close.any()):
+            return atoms
+        # residues in contact and their chain neighbours move (a peptide plane needs both ends)
+        hit = torch.nonzero(close)                                               # [P, 5] m, i, k, a, b
+        moving = torch.zeros(m, n, dtype=torch.bool, device=dev)
+        moving[hit[:, 0], hit[:, 1]] = True
+        moving[hit[:, 0], nb[hit[:, 0], hit[:, 1], hit[:, 2]]] = True
+        # pairs watched while atoms move: those within 1 Å of the limit too (a push elsewhere can
+        # bring them together)
+        hit = torch.nonzero(valid & (d < limit + 1.0))
+        pm, pi, pa, pb = hit[:, 0], hit[:, 1], hit[:, 3], hit[:, 4]
+        pj = nb[pm, pi, hit[:, 2]]
+        has_prev = torch.cat([torch.zeros(1, dtype=torch.bool, device=dev), segment[1:] == segment[:-1]])
+        has_next = torch.cat([segment[1:] == segment[:-1], torch.zeros(1, dtype=torch.bool, device=dev)])
+        grow = moving.clone()
+        grow[:, 1:] |= moving[:, :-1] & has_prev[1:].view(1, -1)
+        grow[:, :-1] |= moving[:, 1:] & has_next[:-1].view(1, -1)
+        free = (grow.view(m, n, 1) & exists.view(1, n, s)).clone()
+        free[:, :, self.ca] = False
+        inv = free.to(atoms.dtype)                                               # inverse mass: 0 = fixed
+        # pairs to push apart: every close pair, with the margin (atoms of both may move)
+        p_lim = limit[hit[:, 0], hit[:, 1], hit[:, 2], hit[:, 3], hit[:, 4]]
+        # distances to keep: 1-2, 1-3 and rings inside residues, the peptide units, the disulfides
+        r_idx: List[torch.Tensor] = []
+        intra = self.intra[restype]                                              # [N, P, 2]
+        has = (intra[..., 0] >= 0)
+        ri = pos.view(n, 1).expand_as(has)[has]
+        r_idx.append(torch.stack([ri, intra[..., 0][has], ri, intra[..., 1][has]], -1))
+        pep = self.peptide
+        q = pep.shape[0]
+        i0 = torch.nonzero(has_next).squeeze(1)
+        if i0.shape[0] > 0:
+            a_i = i0.view(-1, 1).expand(-1, q).reshape(-1)
+            sa = pep[:, 0].view(1, q).expand(i0.shape[0], q).reshape(-1)
+            sb = pep[:, 1].view(1, q).expand(i0.shape[0], q).reshape(-1)
+            ok = exists[a_i, sa] & exists[a_i + 1, sb]
+            r_idx.append(torch.stack([a_i[ok], sa[ok], a_i[ok] + 1, sb[ok]], -1))
+        if disulfides.shape[0] > 0:
+            x, y = disulfides[:, 0], disulfides[:, 1]
+            sg = torch.full_like(x, self.sg)
+            cb = torch.full_like(x, self.cb)
+            r_idx.append(torch.stack([torch.cat([x, x, y]), torch.cat([sg, sg, sg]), torch.cat([y, y, x]),
+                                      torch.cat([sg, cb, cb])], -1))
+        rr = torch.cat(r_idx, 0)                                                  # [R, 4] res, slot, res, slot
+        keep_r = (free[:, rr[:, 0], rr[:, 1]] | free[:, rr[:, 2], rr[:, 3]]).any(0)
+        rr = rr[keep_r]
+        x = atoms.contiguous().clone()
+        x0 = x[:, rr[:, 0], rr[:, 1]] - x[:, rr[:, 2], rr[:, 3]]
+        d_keep = torch.sqrt((x0 * x0).sum(-1) + 1e-12)                            # [M, R]
+        w_a, w_b = inv[:, rr[:, 0], rr[:, 1]], inv[:, rr[:, 2], rr[:, 3]]
+        w_sum = (w_a + w_b).clamp(min=1e-6)
+        pw_a, pw_b = inv[pm, pi, pa], inv[pm, pj, pb]
+        pw_sum = (pw_a + pw_b).clamp(min=1e-6)
+        flat = x.reshape(m * n * s, 3)
+        idx_a = (torch.arange(m, device=dev).view(m, 1) * n + rr[:, 0].view(1, -1)) * s + rr[:, 1].view(1, -1)
+        idx_b = (torch.arange(m, device=dev).view(m, 1) * n + rr[:, 2].view(1, -1)) * s + rr[:, 3].view(1, -1)
+        idx_a, idx_b = idx_a.reshape(-1), idx_b.reshape(-1)
+        pidx_a = (pm * n + pi) * s + pa
+        pidx_b = (pm * n + pj) * s + pb
+        # Jacobi: an atom's corrections are averaged over the distances it takes part in
+        count = torch.zeros(m * n * s, device=dev, dtype=atoms.dtype)
+        count = count.index_add(0, idx_a, torch.ones_like(idx_a, dtype=atoms.dtype))
+        count = count.index_add(0, idx_b, torch.ones_like(idx_b, dtype=atoms.dtype))
+        share = (1.0 / count.clamp(min=1.0)).unsqueeze(-1)
+        for step in range(self.steps + 8):
+            if step < self.steps:
+                # push: each close pair moved apart to its limit, split by the inverse masses
+                vp = flat[pidx_a] - flat[pidx_b]
+                dp = torch.sqrt((vp * vp).sum(-1) + 1e-12)
+                corr = (torch.relu(p_lim - dp) / dp).unsqueeze(-1) * vp * 0.5
+                delta = torch.zeros_like(flat)
+                delta = delta.index_add(0, pidx_a, corr * (pw_a / pw_sum).unsqueeze(-1))
+                delta = delta.index_add(0, pidx_b, -corr * (pw_b / pw_sum).unsqueeze(-1))
+                flat = flat + delta
+            # then the kept distances again (the last 8 steps only these, so bonds and angles are
+            # exact; a pair that cannot part without bending them comes back: 1 of 20 snapshots
+            # of four proteins in benchmarks/meeko_check.py)
+            for _ in range(self.sweeps):
+                # project: Jacobi sweep over the kept distances, under-relaxed
+                vr = flat[idx_a] - flat[idx_b]
+                dr = torch.sqrt((vr * vr).sum(-1) + 1e-12)
+                corr = ((dr - d_keep.reshape(-1)) / dr).unsqueeze(-1) * vr
+                delta = torch.zeros_like(flat)
+                delta = delta.index_add(0, idx_a, -corr * (w_a / w_sum).reshape(-1, 1))
+                delta = delta.index_add(0, idx_b, corr * (w_b / w_sum).reshape(-1, 1))
+                flat = flat + delta * share
+        return flat.view(m, n, s, 3) * atom_mask.view(1, n, s, 1)
