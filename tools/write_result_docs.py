@@ -265,7 +265,8 @@ heavy-atom RMSD {f("heavy_rmsd")} Å, backbone {f("backbone_rmsd")} Å, side cha
 χ1 accuracy {f("chi1_acc")}, bond validity {f("bond_validity", 4)}, clashes
 {f("clashes_per_1000")} per 1000 atoms (reference structures {f("clashes_per_1000_ref")}), GED {f("ged")},
 disulfides recovered {f("disulfides_recovered")}, {f("ms_per_residue")} ms per residue on one thread.
-Against the previous default on the same chains: heavy-atom RMSD
+These weights against the previous default when they were shipped (same chains, the function of
+that time): heavy-atom RMSD
 {paired.get("heavy_rmsd", {}).get("mean_difference")} Å (better on
 {paired.get("heavy_rmsd", {}).get("chains_better")} chains, worse on
 {paired.get("heavy_rmsd", {}).get("chains_worse")}).  See :doc:`benchmarks`.
@@ -283,8 +284,9 @@ Limitations
 * The 20 standard amino acids only (engine aliases such as MSE, HSD, GLYT are mapped); no
   ligands, nucleic acids or metal sites (leave them out with ``residues=`` or ``skipUnknown``).
 * Histidine is built as HIE; N-termini NH3+, C-termini carboxylate; a lone residue is capped.
-* Disulfides are decided from Cα–Cα distances (CYS pairs within 6.8 Å); on traces where the
-  pair cannot close, the SSBOND record carries the open SG–SG length.
+* Disulfides are decided from the Cα trace (CYS pairs with Cα–Cα within 6.8 Å and CB, estimated
+  from the trace, within 6.5 Å; pairs whose CB sit nearest a disulfide's 3.8 Å first); a
+  snapshot declares only the pairs its atoms close.
 * Cα move only where the trace cannot carry ideal peptides (``keep_ca`` keeps them exactly).
 * Side-chain conformations come from what the model learnt from crystal and NMR structures, not
   from the CG model's physics.

@@ -67,8 +67,8 @@ DEFAULT_SETTINGS = {
     # the side chains that still clash, against the same soft repulsion with a tether to where
     # they started; each step turns a chi by at most relax_max_step degrees, in all by at most
     # relax_max_turn (0 steps: off)
-    "relax_steps": 12,
-    "relax_rate": 0.05,
+    "relax_steps": 8,
+    "relax_rate": 0.07,
     "relax_max_step": 8.0,
     "relax_max_turn": 30.0,
     "relax_tether": 0.5,
