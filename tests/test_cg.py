@@ -119,6 +119,28 @@ def test_ca_from_structure_skips_waters_ions_ligands(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 # Go model
 # --------------------------------------------------------------------------------------------------------
+def test_insertion_codes_kept(tmp_path):
+    """A PDB numbered with insertion codes (1AYE numbers 4A-99A before 1-309) keeps them in the
+    CG topology, so two residues never share a number downstream (a docking program's receptor
+    preparation reads such a file as interrupted residues)."""
+    lines = [line for line in open(cg.demo_structure_path()) if line.startswith(("ATOM", "HETATM", "TER", "END"))]
+    out = []
+    for line in lines:
+        if line.startswith("ATOM") and int(line[22:26]) <= 3:
+            line = line[:22] + f"{int(line[22:26]):4d}" + "A" + line[27:]        # 1A, 2A, 3A
+        elif line.startswith("ATOM"):
+            line = line[:22] + f"{int(line[22:26]) - 3:4d}" + " " + line[27:]    # then 1, 2, ...
+        out.append(line)
+    path = tmp_path / "icode.pdb"
+    path.write_text("".join(out))
+    top, _ = cg.ca_from_structure(str(path))
+    keys = [(r.id, r.insertionCode) for r in top.residues()]
+    assert keys[:4] == [("1", "A"), ("2", "A"), ("3", "A"), ("1", "")]
+    assert len(set(keys)) == len(keys)
+    go = cg.GoModel.from_structure(str(path))
+    assert [(r.id, r.insertionCode) for r in go.topology.residues()] == keys
+
+
 def test_go_model_native_energy_terms(gb1):
     model = cg.GoModel.from_structure(cg.demo_structure_path())
     assert model.topology.getNumAtoms() == 56

@@ -78,12 +78,32 @@ def ca_topology(sequences: str | Sequence[str], chain_ids: Sequence[str] | None 
     return topology
 
 
+def _pdb_insertion_codes(path: str) -> list[str]:
+    """The insertion code of every residue of a PDB file's first model, in file order (mdtraj
+    keeps residue numbers but drops insertion codes: 1AYE numbers 4A-99A before 1-309)."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    codes, last = [], None
+    with opener(path, "rt") as handle:
+        for line in handle:
+            if line.startswith("ENDMDL"):
+                break
+            if line.startswith(("ATOM  ", "HETATM")):
+                key = (line[21:22], line[22:26], line[26:27], line[17:20])
+                if key != last:
+                    codes.append(line[26:27].strip())
+                    last = key
+    return codes
+
+
 def _load_structure(structure, frame: int = 0):
-    """Load an all-atom structure as a one-frame mdtraj Trajectory."""
+    """Load an all-atom structure as a one-frame mdtraj Trajectory (a PDB file's insertion codes
+    ride along as ``_ldb_insertion_codes``, one per residue, where they match its residues)."""
     import mdtraj as md
 
+    icodes = None
     if isinstance(structure, md.Trajectory):
         traj = structure
+        icodes = getattr(structure, "_ldb_insertion_codes", None)
     elif isinstance(structure, (str, os.PathLike)):
         path = str(structure)
         if not os.path.exists(path):
@@ -98,6 +118,9 @@ def _load_structure(structure, frame: int = 0):
         if stem.endswith((".pdb", ".ent")):
             traj = md.load_pdb(path, frame=frame)
             frame = 0
+            icodes = _pdb_insertion_codes(path)
+            if len(icodes) != traj.topology.n_residues or not any(icodes):
+                icodes = None
         else:
             traj = md.load(path)
     elif hasattr(structure, "topology") and (hasattr(structure, "getPositions") or hasattr(structure, "positions")):
@@ -120,7 +143,10 @@ def _load_structure(structure, frame: int = 0):
         )
     if not 0 <= frame < traj.n_frames:
         raise ValueError(f"frame {frame} out of range: the structure has {traj.n_frames} frames")
-    return traj[frame]
+    out = traj[frame]
+    if icodes is not None:
+        out._ldb_insertion_codes = icodes
+    return out
 
 
 def _select_residues(traj, chains=None):
@@ -174,11 +200,13 @@ def _cg_from_selection(traj, selection, max_bond_nm: float):
     topology = app.Topology()
     carbon = app.Element.getBySymbol("C")
     xyz = []
+    icodes = getattr(traj, "_ldb_insertion_codes", None)
     for cid, items in selection:
         chain = topology.addChain(str(cid))
         previous, previous_xyz = None, None
         for residue, std, ca in items:
-            res = topology.addResidue(std, chain, id=str(residue.resSeq))
+            res = topology.addResidue(std, chain, id=str(residue.resSeq),
+                                      insertionCode=icodes[residue.index] if icodes else "")
             atom = topology.addAtom("CA", carbon, res)
             pos = traj.xyz[0, ca].astype(float)
             if previous is not None and np.linalg.norm(pos - previous_xyz) <= max_bond_nm:

@@ -661,10 +661,10 @@ class Sampler(nn.Module):
         if fresh is not None:
             cand_angles = torch.cat([cand_angles, fresh.unsqueeze(0)], 0)
             ncand += 1
-        flat_angles = cand_angles.reshape(ncand * m, n, angles.shape[-2], 2)
-        base = heavy.unsqueeze(0).expand(ncand, m, n, h, 3).reshape(ncand * m, n, h, 3)
-        cand = self.tables.place_sidechains(base, restype, flat_angles, h, 0, -1).reshape(ncand, m, n, h, 3)
-        cand = cand[:, :, :, 5:]                                              # [C, M, N, 9, 3] beyond CB
+        na = angles.shape[-2]
+        # the current side chains of all residues; candidates are placed only for the residues
+        # that get to move (an eighth), not for all
+        cur = self.tables.place_sidechains(heavy.contiguous(), restype, angles, h, 0, -1)[:, :, 5:]   # [M, N, 9, 3]
         bb = heavy[:, :, :5]                                                  # N, CA, C, O, CB
         # neighbours by side-chain centre (clashing side chains can sit on distant Cα)
         ctr_w = self.centre_weight[restype]
@@ -686,7 +686,6 @@ class Sampler(nn.Module):
         movable = (~fixed).to(atoms.dtype)
         n_active = max(1, min(n, int(math.ceil(n * self.repack_fraction))))
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
-        cur = cand[0]
         rows = torch.arange(m, device=atoms.device).view(m, 1)
         everyone = pos.view(1, n).expand(m, n)
         for cycle in range(self.repack_sweeps):
@@ -699,18 +698,28 @@ class Sampler(nn.Module):
             # 1e-4, then by position, so that CPU, CUDA and C++ pick the same ones
             key = torch.floor(e_cur * 100.0).to(torch.int64) * n + (n - 1 - pos.view(1, n))
             worst_all = torch.topk(key, n_active, dim=-1)[1]                  # [M, T]
+            ta = worst_all.shape[1]
+            # candidates of those residues, frames and residues flattened into one row of M*T
+            ang_w = torch.gather(cand_angles, 2, worst_all.view(1, m, ta, 1, 1).expand(ncand, m, ta, na, 2))
+            base_w = rows_of(heavy.reshape(m, n, h * 3), worst_all).reshape(1, m * ta, h, 3)
+            cand_w = self.tables.place_sidechains(base_w.expand(ncand, m * ta, h, 3).contiguous(),
+                                                  restype[worst_all.reshape(-1)], ang_w.reshape(ncand, m * ta, na, 2),
+                                                  h, 0, -1).view(ncand, m, ta, h, 3)[:, :, :, 5:]
             for r in range(3):
                 worst = worst_all[:, r::3]
                 t = worst.shape[1]
                 if t == 0:
                     continue
-                cand_t = torch.gather(cand, 2, worst.view(1, m, t, 1, 1).expand(ncand, m, t, cand.shape[3], 3))
+                cand_t = cand_w[:, :, r::3]                                   # [C, M, t, 9, 3]
                 e = self.side_chain_energy(cand_t, worst, restype, rows_of(nb, worst), cur, rows_of(bb_idx, worst),
                                            rows_of(bb_keep, worst), bb) + pen[:, worst]
                 active = e_cur.gather(1, worst) > 0
-                new_choice = torch.where(active, _stable_argmin(e, 0), choice.gather(1, worst))
+                best = _stable_argmin(e, 0)
+                new_choice = torch.where(active, best, choice.gather(1, worst))
                 choice = choice.index_put((rows.expand(m, t), worst), new_choice)
-                cur = torch.gather(cand, 0, choice.view(1, m, n, 1, 1).expand(1, m, n, cand.shape[3], 3))[0]
+                picked = torch.gather(cand_t, 0, best.view(1, m, t, 1, 1).expand(1, m, t, h - 5, 3))[0]
+                kept = rows_of(cur, worst)
+                cur = cur.index_put((rows.expand(m, t), worst), torch.where(active.view(m, t, 1, 1), picked, kept))
         sel = choice.view(1, m, n, 1, 1).expand(1, m, n, angles.shape[-2], 2)
         return torch.gather(cand_angles, 0, sel)[0]
 
