@@ -67,13 +67,14 @@ DEFAULT_SETTINGS = {
     # the side chains that still clash, against the same soft repulsion with a tether to where
     # they started; each step turns a chi by at most relax_max_step degrees, in all by at most
     # relax_max_turn (0 steps: off)
-    "relax_steps": 8,
-    "relax_rate": 0.07,
+    "relax_steps": 6,
+    "relax_rate": 0.09,
     "relax_max_step": 8.0,
     "relax_max_turn": 30.0,
     "relax_tether": 0.5,
     "relax_min_energy": 0.02,
     "relax_margin": 2.0,
+    "relax_neighbours": 12,
     # contact polish (``polish.py``): steps pushing atoms of different residues, hydrogens
     # included, out of bonding distance (+ polish_margin Å) with bonds and angles kept; 0 = off
     # (SnapshotReporter turns it on for docking snapshots)
@@ -274,6 +275,7 @@ class Sampler(nn.Module):
         self.relax_tether = float(s["relax_tether"])
         self.relax_min_energy = float(s["relax_min_energy"])
         self.relax_margin = float(s["relax_margin"])
+        self.relax_neighbours = int(s["relax_neighbours"])
         self.polish = ContactPolish(int(s["polish_steps"]), float(s["polish_margin"]), int(s["polish_neighbours"]),
                                     int(s["polish_sweeps"]))
         self.register_buffer("chi_exists", torch.as_tensor(rc.chi_mask_array()))          # [R, 4]
@@ -756,7 +758,7 @@ class Sampler(nn.Module):
         m, n = atoms.shape[0], atoms.shape[1]
         h = self.num_heavy
         heavy = self.tables.place_sidechains(atoms[:, :, :h].contiguous(), restype, angles, h, 0, -1)
-        kk = min(self.repack_neighbours, n - 1)
+        kk = min(self.relax_neighbours, n - 1)
         ctr_w = self.centre_weight[restype]
         centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
         nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K]
