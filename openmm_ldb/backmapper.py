@@ -178,7 +178,8 @@ class Backmapper:
         reference_positions : Quantity or array (nm), (n_particles, 3)
         bead_name, residues, skip_unknown : see :func:`openmm_ldb.topology.read_cg_topology`
         hydrogens : bool
-        disulfides : True (CYS pairs with Cα–Cα ≤ 6.8 Å in the reference frame), False, or pairs
+        disulfides : True (CYS pairs with Cα–Cα ≤ 6.8 Å and estimated CB–CB ≤ 6.5 Å in the reference
+            frame; see :func:`find_disulfides`), False, or pairs
         box_vectors : Quantity or array (nm), (3, 3), optional
             The reference frame's periodic box (default: the System's default box when periodic).
         system : openmm.System, optional

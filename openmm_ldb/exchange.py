@@ -231,8 +231,8 @@ def to_all_atom(cg_simulation: app.Simulation, backmapper=None, solvent: str = "
                 ionic_strength=0.0 * unit.molar, pressure=None, carry_time: bool = True) -> app.Simulation:
     """Backmap a CG Simulation's current state into a ready all-atom Simulation.
 
-    Steps: backmap the Cα beads (hydrogens included; CYS pairs within 6.8 Å Cα–Cα become
-    disulfides), build the amber14 System, add solvent, minimise with harmonic restraints that
+    Steps: backmap the Cα beads (hydrogens included; CYS pairs within 6.8 Å Cα–Cα whose CB face
+    each other become disulfides), build the amber14 System, add solvent, minimise with harmonic restraints that
     hold every Cα at its CG bead, minimise again without them, draw velocities at
     ``temperature``.  The result has a ``LangevinMiddleIntegrator`` and HBonds constraints, and
     carries a :class:`ResolutionMap` as ``simulation.resolution_map`` for

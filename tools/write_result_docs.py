@@ -87,7 +87,8 @@ def main():
         lines += ["Command: ``python benchmarks/throughput.py --residues 100 --batch 1 8 32 --threads 1``", ""]
     extra = [("noise", _load("validation_noise03/metrics.json")), ("exchange", _load("exchange_time.json")),
              ("confidence", _load("confidence.json")), ("coherence", _load("coherence.json")),
-             ("meeko", _load("meeko_check.json")), ("gpu", _load("gpu_check.json"))]
+             ("meeko", _load("meeko_check.json")), ("meeko_wide", _load("meeko_check_wide.json")),
+             ("gpu", _load("gpu_check.json"))]
     extra = {k: v for k, v in extra if v}
     if "noise" in extra:
         m = extra["noise"]["mean"]
@@ -144,7 +145,19 @@ def main():
         mk = extra["meeko"]
         lines += ["Docking receptor preparation", "----------------------------", "",
                   f"Meeko ``mk_prepare_receptor.py`` (no ``--allow_bad_res``) accepted {mk['meeko_passed']} of "
-                  f"{mk['n']} default snapshots of CG runs.", "Command: ``python benchmarks/meeko_check.py``", ""]
+                  f"{mk['n']} default snapshots of CG runs (contacts within bonding distance left: "
+                  f"{mk.get('chains_with_bad_contacts')} snapshots; disulfides declared {mk.get('declared_disulfides')}, "
+                  f"longer than 2.2 Å {mk.get('declared_disulfides_open')}).",
+                  "Command: ``python benchmarks/meeko_check.py --meeko /path/to/mk_prepare_receptor.py``", ""]
+        if "meeko_wide" in extra:
+            w = extra["meeko_wide"]
+            names = sorted({r["structure"] for r in w["rows"]})
+            lines += [f"Five proteins ({', '.join(names)}; 4 snapshots each, 1AYE numbered with insertion "
+                      f"codes): Meeko accepted {w['meeko_passed']} of {w['n']}; snapshots with contacts left: "
+                      f"{w.get('chains_with_bad_contacts')}.",
+                      "Command: ``python benchmarks/meeko_check.py --meeko ... --structures kortemme_ddg/1EL1.pdb.gz "
+                      "kortemme_ddg/107L.pdb.gz kortemme_ddg/1AYE.pdb.gz kortemme_ddg/1AM7.pdb.gz --snapshots 4 "
+                      "--out benchmarks/results/meeko_check_wide.json``", ""]
     if "gpu" in extra:
         g = extra["gpu"]
         lines += ["GPU", "---", "",
