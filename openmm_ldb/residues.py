@@ -562,3 +562,22 @@ def residue_bonds(resname: str, hydrogens: bool = True) -> list[tuple[str, str]]
     """Intra-residue bonds (names) of an internal residue, from OpenMM's templates."""
     bonds = [tuple(b) for b in ideal_geometry()["_bonds"][resname]]
     return [b for b in bonds if hydrogens or not (b[0].startswith("H") or b[1].startswith("H"))]
+
+
+def bond_path_lengths(bonds, root: str) -> dict[str, int]:
+    """Bonds from ``root`` to every atom reachable through ``bonds`` (pairs of names)."""
+    nbrs: dict = {}
+    for a, b in bonds:
+        nbrs.setdefault(a, set()).add(b)
+        nbrs.setdefault(b, set()).add(a)
+    dist = {root: 0}
+    frontier = [root]
+    while frontier:
+        nxt = []
+        for x in frontier:
+            for y in nbrs.get(x, ()):
+                if y not in dist:
+                    dist[y] = dist[x] + 1
+                    nxt.append(y)
+        frontier = nxt
+    return dist

@@ -29,24 +29,12 @@ _PEPTIDE_PAIRS = (("C", "N"), ("CA", "N"), ("O", "N"), ("C", "CA"), ("C", "H"), 
                   ("O", "CA"), ("CA", "H"), ("O", "CD"), ("CA", "CD"))
 
 
-def _ring_atoms(names: set, bonds: list) -> set:
+def _ring_atoms(bonds: list) -> set:
     """Atoms on a cycle of the bond graph (an edge is on a cycle when its ends stay connected
     without it)."""
     out = set()
     for a, b in bonds:
-        adj: dict = {x: set() for x in names}
-        for x, y in bonds:
-            if {x, y} != {a, b}:
-                adj[x].add(y)
-                adj[y].add(x)
-        seen, todo = {a}, [a]
-        while todo:
-            x = todo.pop()
-            for y in adj[x]:
-                if y not in seen:
-                    seen.add(y)
-                    todo.append(y)
-        if b in seen:
+        if b in rc.bond_path_lengths([e for e in bonds if e != (a, b)], a):
             out.update((a, b))
     return out
 
@@ -65,24 +53,10 @@ def polish_tables() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         bonds += [(a, b) for a, b in _TERMINAL_BONDS if a in slots and b in slots]
         if "H" in slots and ("H", "N") not in bonds and ("N", "H") not in bonds:
             bonds.append(("H", "N"))
-        nbrs: dict = {a: set() for a in slots}
-        for a, b in bonds:
-            nbrs[a].add(b)
-            nbrs[b].add(a)
-        ring = _ring_atoms(set(slots), bonds)
+        ring = _ring_atoms(bonds)
         keep = set()
         for a in slots:
-            dist = {a: 0}
-            frontier = [a]
-            while frontier:
-                nxt = []
-                for x in frontier:
-                    for y in nbrs[x]:
-                        if y not in dist:
-                            dist[y] = dist[x] + 1
-                            nxt.append(y)
-                frontier = nxt
-            for b, d in dist.items():
+            for b, d in rc.bond_path_lengths(bonds, a).items():
                 # 1-2 and 1-3 everywhere; any pair within a ring system (kept flat and rigid)
                 if a < b and (d in (1, 2) or (a in ring and b in ring and d > 0)):
                     keep.add((slots[a], slots[b]))
@@ -92,16 +66,7 @@ def polish_tables() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         for k, root in enumerate(("C", "N", "SG")):
             if root not in slots:
                 continue
-            dist = {root: 0}
-            frontier = [root]
-            while frontier:
-                nxt = []
-                for x in frontier:
-                    for y in nbrs[x]:
-                        if y not in dist:
-                            dist[y] = dist[x] + 1
-                            nxt.append(y)
-                frontier = nxt
+            dist = rc.bond_path_lengths(bonds, root)
             for a, d in dist.items():
                 bonds_to[r, k, slots[a]] = d
     width = max(len(p) for p in pairs)
@@ -130,9 +95,9 @@ class ContactPolish(nn.Module):
         self.margin = float(margin)
         self.neighbours = int(neighbours)
         self.sweeps = int(sweeps)
-        self.ca = 1
+        self.ca = rc.slot_names("ALA").index("CA")
         self.sg = rc.slot_names("CYS").index("SG")
-        self.cb = 4
+        self.cb = rc.slot_names("CYS").index("CB")
 
     def forward(self, atoms: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, atom_mask: torch.Tensor,
                 disulfides: torch.Tensor) -> torch.Tensor:

@@ -180,22 +180,9 @@ def _own_backbone_pairs():
     out = np.zeros((rc.NUM_RESTYPES, h, h), dtype=np.float32)
     for r, name in enumerate(rc.RESTYPES_3):
         slots = {a: i for i, a in enumerate(rc.slot_names(name)[:h]) if a}
-        nbrs: dict = {a: set() for a in slots}
-        for a, b in rc.residue_bonds(name, hydrogens=False):
-            if a in slots and b in slots:
-                nbrs[a].add(b)
-                nbrs[b].add(a)
+        bonds = [(a, b) for a, b in rc.residue_bonds(name, hydrogens=False) if a in slots and b in slots]
         for bb in ("N", "C", "O"):
-            dist = {bb: 0}
-            frontier = [bb]
-            while frontier:
-                nxt = []
-                for x in frontier:
-                    for y in nbrs[x]:
-                        if y not in dist:
-                            dist[y] = dist[x] + 1
-                            nxt.append(y)
-                frontier = nxt
+            dist = rc.bond_path_lengths(bonds, bb)
             for a, i in slots.items():
                 if i >= 5 and dist.get(a, 99) > 3:
                     out[r, i, slots[bb]] = 1.0
