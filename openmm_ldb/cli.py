@@ -400,11 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None)
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("export", help="export a training checkpoint (or re-export a model file) as a "
-                                      "self-describing TorchScript model")
-    e.add_argument("checkpoint")
+    e = sub.add_parser("export", help="export a model file ('default': the shipped one) or a training checkpoint "
+                                      "as a self-describing TorchScript (.pt) or torch.export (.pt2) model")
+    e.add_argument("checkpoint", nargs="?", default="default",
+                   help="model file or training checkpoint (default: the shipped model)")
     e.add_argument("-o", "--output", required=True)
-    e.add_argument("--format", default=None, choices=["torchscript"])
+    e.add_argument("--format", default=None, choices=["torchscript", "pt2"],
+                   help="default: from the output's suffix (.pt2: pt2, else torchscript)")
     e.set_defaults(func=_export)
 
     v = sub.add_parser("evaluate", help="metrics of a model on the validation split or a folder of PDBs")

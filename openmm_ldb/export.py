@@ -1,8 +1,11 @@
 """Export the trained sampler as one self-describing file, and load it back.
 
-TorchScript (loadable with ``torch.jit.load`` and from libtorch in C++; the Python Backmapper
-runs the same function from this package's source with the file's weights and settings).  The model card (hyper-parameters, residue vocabulary, slot layout,
-training-data summary, validation metrics) travels inside the file as ``model_card.json``.
+TorchScript (``.pt``: loadable with ``torch.jit.load`` and from libtorch in C++; the Python
+Backmapper runs the same function from this package's source with the file's weights and
+settings), or torch.export (``.pt2``: the best guess of one frame per call, traced from the same
+code, for ``torch.export.load`` and AOTInductor).  The model card (hyper-parameters, residue
+vocabulary, slot layout, training-data summary, validation metrics, sampler settings) travels
+inside the file as ``model_card.json``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import torch
 
 from . import residues as rc
 from .model import LDBConfig, LDBModel, Sampler
+from .model.sampler import BestGuessProgram
 
 CARD_NAME = "model_card.json"
 FORMAT_VERSION = 2
+PT2_MAX_RESIDUES = 100_000
 
 
 def geometry_fingerprint() -> str:
@@ -92,14 +97,24 @@ def model_from_exported(path: str | None = None, module=None, card: dict | None 
 
 def export_model(model: LDBModel | str, path: str, card_extra: dict | None = None, fmt: str | None = None,
                  settings: dict | None = None) -> str:
-    """Write the sampler of ``model`` (or of a training checkpoint path) to ``path``.
+    """Write the sampler of ``model`` (a model, a training checkpoint path, an exported file or
+    ``'default'``, the shipped model) to ``path``.
 
-    ``fmt`` is ``'torchscript'`` (``.pt``); ``settings`` override the sampler's defaults
-    (``model.sampler.DEFAULT_SETTINGS``) and travel in the card.  The torch.export (``.pt2``) format of version 1 is
-    not available for this version's function (see docs/cpp.md).
+    ``fmt`` is ``'torchscript'`` (``.pt``) or ``'pt2'`` (``.pt2``; the default for that
+    suffix).  ``settings`` override the sampler's defaults (``model.sampler.DEFAULT_SETTINGS``),
+    or those in the card of an exported file, and travel in the card; so do an exported file's
+    training and validation records, under ``card_extra``.
     """
+    card_from: dict = {}
     if isinstance(model, str):
-        model = load_checkpoint(model) if not _is_exported(model) else model_from_exported(model)[0]
+        source = default_model_path() if model == "default" else model
+        if _is_exported(source):
+            model, card_from = model_from_exported(source)
+            settings = {**card_from.get("sampler_settings", {}), **(settings or {})}
+            card_extra = {**{k: card_from[k] for k in ("training", "validation") if k in card_from},
+                          **(card_extra or {})}
+        else:
+            model = load_checkpoint(source)
     sampler = Sampler(model, settings).eval()
     card = model_card(model.config, card_extra, sampler.settings())
     fmt = fmt or ("pt2" if path.endswith(".pt2") else "torchscript")
@@ -110,12 +125,78 @@ def export_model(model: LDBModel | str, path: str, card_extra: dict | None = Non
             scripted = torch.jit.script(sampler)
         scripted.save(path, _extra_files={CARD_NAME: json.dumps(card, indent=1)})
     elif fmt == "pt2":
-        raise ValueError("the .pt2 (torch.export) format is not available for this version's sampler "
-                         "(its clash resolution and disulfide closure branch on the data); export "
-                         "TorchScript (.pt), which Python and C++ share")
+        _export_pt2(sampler, path, card)
     else:
-        raise ValueError(f"unknown export format {fmt!r} (use 'torchscript')")
+        raise ValueError(f"unknown export format {fmt!r} (use 'torchscript' or 'pt2')")
     return path
+
+
+def _pt2_example(n_min: int) -> tuple:
+    """Inputs to trace with: the shipped GB1 Cα trace (repeated as further chains 40 Å apart
+    until it has ``n_min`` residues) with two of its residue pairs made bonded cysteines (two,
+    not zero or one: torch.export would take a size of 0 or 1 for a constant)."""
+    ca = []
+    with resources.files("openmm_ldb").joinpath("resources", "gb1.pdb").open() as f:
+        for line in f:
+            if line.startswith(("ATOM", "HETATM")) and line[12:16].strip() == "CA":
+                ca.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+    one = torch.tensor(ca, dtype=torch.float32)
+    copies = -(-n_min // one.shape[0])
+    trace = torch.cat([one + torch.tensor([40.0 * c, 0.0, 0.0]) for c in range(copies)])
+    n = trace.shape[0]
+    segment = torch.arange(copies).repeat_interleave(one.shape[0])
+    restype = torch.full([n], rc.RESTYPE_INDEX["ALA"], dtype=torch.long)
+    restype[::7] = rc.RESTYPE_INDEX["PRO"]
+    pairs = torch.tensor([[2, 9], [20, 31]], dtype=torch.long)
+    restype[pairs.reshape(-1)] = rc.RESTYPE_INDEX["CYS"]
+    return trace.unsqueeze(0), restype, segment, pairs, torch.zeros(1, dtype=torch.long)
+
+
+def _export_pt2(sampler: Sampler, path: str, card: dict) -> None:
+    from torch.export import Dim
+
+    if sampler.polish.steps > 0:
+        raise ValueError("the .pt2 best guess is exported without the contact polish: export it with "
+                         "settings={'polish_steps': 0}, or use TorchScript (.pt)")
+    program = BestGuessProgram(sampler).eval()
+    n_min = program.min_residues()
+    residues = Dim("residues", min=n_min, max=PT2_MAX_RESIDUES)
+    pairs = Dim("pairs", min=0, max=PT2_MAX_RESIDUES // 2)
+    with torch.no_grad():
+        ep = torch.export.export(program, _pt2_example(n_min), strict=False,
+                                 dynamic_shapes={"ca": {1: residues}, "restype": {0: residues},
+                                                 "segment": {0: residues}, "disulfides": {0: pairs}, "seeds": None})
+    card = {**card, "pt2": {"program": "best guess (deterministic, one sample), Cα regularized (keep_ca false)",
+                            "frames_per_call": 1, "min_residues": n_min, "max_residues": PT2_MAX_RESIDUES,
+                            "torch": torch.__version__}}
+    torch.export.save(ep, path, extra_files={CARD_NAME: json.dumps(card, indent=1)})
+
+
+class Pt2Backmapper(torch.nn.Module):
+    """A ``.pt2`` file's program behind the call signature of the TorchScript file's forward:
+    frames one call each; only the best guess (``deterministic``, one sample, ``keep_ca`` False)."""
+
+    def __init__(self, program, card: dict):
+        super().__init__()
+        self.program = program
+        self.card = card
+        self.min_residues = int(card["pt2"]["min_residues"])
+
+    def forward(self, ca, restype, segment, disulfides, seeds, steps: int = 10, samples: int = 1,
+                deterministic: bool = True, keep_ca: bool = False):
+        if not deterministic or samples != 1 or keep_ca:
+            raise ValueError("a .pt2 model holds the best guess only (deterministic, one sample, Cα "
+                             "regularized); use the TorchScript (.pt) model for ensembles or keep_ca")
+        if ca.shape[1] < self.min_residues:
+            raise ValueError(f"this .pt2 model takes at least {self.min_residues} residues, not {ca.shape[1]}; "
+                             "use the TorchScript (.pt) model for smaller systems")
+        outs = [self.program(ca[b:b + 1], restype, segment, disulfides, seeds[b:b + 1]) for b in range(ca.shape[0])]
+        return (torch.cat([o[0] for o in outs]), outs[0][1], torch.cat([o[2] for o in outs]),
+                torch.cat([o[3] for o in outs]))
+
+    def stream(self, *args, **kwargs):
+        raise ValueError("coherent streams (stream=True) need the TorchScript (.pt) model; a .pt2 model maps "
+                         "each frame on its own")
 
 
 def _is_exported(path: str) -> bool:
@@ -139,14 +220,20 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu", pyth
     With ``python`` (the default) a TorchScript file's weights and sampler settings are loaded
     into this package's :class:`Sampler` (the same function, no compile-on-first-call delay);
     ``python=False`` returns the scripted module itself, as libtorch sees it.  ``settings``
-    override the card's sampler settings (Python module only).
+    override the card's sampler settings (Python module only).  A ``.pt2`` file's program comes
+    back behind the same call signature (:class:`Pt2Backmapper`: the best guess only, one frame
+    per program call).
     """
     path = path or default_model_path()
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     if path.endswith(".pt2"):
-        raise ValueError(f"{path}: .pt2 models (openmm-ldb 0.1) are not supported by this version; "
-                         "re-export the model as TorchScript (.pt)")
+        files = {CARD_NAME: ""}
+        program = torch.export.load(path, extra_files=files)
+        card = json.loads(files[CARD_NAME]) if files[CARD_NAME] else {}
+        if "pt2" not in card:
+            raise ValueError(f"{path}: not a .pt2 model of this openmm-ldb version (openmm-ldb 0.1 wrote another "
+                             "program); export it again: openmm-ldb export default -o model.pt2")
     else:
         files = {CARD_NAME: ""}
         with warnings.catch_warnings():
@@ -166,7 +253,12 @@ def load_model(path: str | None = None, device: str | torch.device = "cpu", pyth
     if card.get("geometry_fingerprint") != geometry_fingerprint():
         raise ValueError(f"{path}: the model was trained with another ideal-geometry table "
                          f"({card.get('geometry_fingerprint')} != {geometry_fingerprint()})")
-    if python:
+    if path.endswith(".pt2"):
+        if settings:
+            raise ValueError(f"{path}: a .pt2 program's settings are fixed when it is exported; export it again "
+                             "with the settings, or load the TorchScript (.pt) model")
+        module = Pt2Backmapper(program.module(), card)
+    elif python:
         model, _ = model_from_exported(path, module=module, card=card)
         module = Sampler(model, {**card.get("sampler_settings", {}), **(settings or {})}).eval().to(device)
     return module, card

@@ -33,6 +33,51 @@ N_SLOT, CA_SLOT, C_SLOT, O_SLOT = 0, 1, 2, 3
 GLY_INDEX = rc.RESTYPE_INDEX["GLY"]
 
 
+def exporting() -> bool:
+    """True while ``torch.export`` traces the function (for the .pt2 file).  A shortcut that
+    skips work by looking at the data (``if bool(x.any())``, an early ``break``) is then taken
+    as if the data asked for the work: the skipped work changes nothing, so the traced program
+    computes the same atoms with shapes that do not depend on the data."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.compiler.is_exporting()
+
+
+def at_most(k: int, n: int) -> int:
+    """``min(k, n)``; while exporting, ``k``, and the exported program checks ``n >= k`` when
+    it runs (a minimum of a fixed and a run-time size is a shape torch.export cannot keep)."""
+    if torch.jit.is_scripting():
+        return min(k, n)
+    else:
+        if torch.compiler.is_exporting():
+            torch._check(n >= k)
+            return k
+        return min(k, n)
+
+
+def run_time_size(k: int, lo: int, hi: int) -> int:
+    """``k``; while exporting, a size the exported program reads when it runs and checks to lie
+    in [``lo``, ``hi``] (the shapes that follow from it then need no guard at export)."""
+    if torch.jit.is_scripting():
+        return k
+    else:
+        if torch.compiler.is_exporting():
+            u = torch.scalar_tensor(k, dtype=torch.long).item()
+            torch._check(u >= lo)
+            torch._check(u <= hi)
+            return u
+        return k
+
+
+def chunk_bounds(n: int, chunk: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks of ``n`` rows (one chunk while exporting: a loop
+    over a size that is only known at run time cannot be traced)."""
+    if exporting():
+        return [(0, n)]
+    return [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
+
+
 def normalize(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return v / torch.sqrt((v * v).sum(-1, keepdim=True) + eps)
 
@@ -245,7 +290,7 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
     bond_ok = has_next[:-1].to(ca.dtype)
     d0 = torch.sqrt(((ca[:, 1:] - ca[:, :-1]) ** 2).sum(-1) + 1e-12)
     lo, hi = trace_bounds(d0, cis_threshold)  # cis or trans decided once, from the input
-    k2 = torch.arange(max(n - 2, 0), device=ca.device)
+    k2 = torch.arange(n - 2, device=ca.device)  # n >= 2 here
     span_ok = (has_next[:-2] & has_next[1:-1]).to(ca.dtype) if n > 2 else torch.zeros(0, device=ca.device)
     x = ca
     for _ in range(iterations):
@@ -257,7 +302,7 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
             # violations below the tolerance are left alone in every frame, so that a frame's
             # result does not depend on the other frames of its batch
             excess = torch.where(excess.abs() > 1e-4, excess, torch.zeros_like(excess))
-            if bool((excess != 0).any()):
+            if exporting() or bool((excess != 0).any()):
                 moved = True
                 corr = (excess / d).unsqueeze(-1) * bond * 0.5
                 z1 = torch.zeros_like(x[:, :1])
@@ -267,7 +312,7 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
                 d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
                 short = torch.clamp(d2 - min_ca_i2, max=0.0) * span_ok * (((k2 // 2) % 2) == parity).to(ca.dtype)
                 short = torch.where(short < -1e-4, short, torch.zeros_like(short))
-                if bool((short != 0).any()):
+                if exporting() or bool((short != 0).any()):
                     moved = True
                     corr2 = (short / d2).unsqueeze(-1) * span * 0.5
                     z2 = torch.zeros_like(x[:, :2])
@@ -278,11 +323,11 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
             d3 = torch.sqrt((gap * gap).sum(-1) + 1e-12)
             far = torch.clamp(d3 - max_ca_ss, min=0.0)
             far = torch.where(far > 1e-4, far, torch.zeros_like(far))
-            if bool((far != 0).any()):
+            if exporting() or bool((far != 0).any()):
                 moved = True
                 corr3 = (far / d3).unsqueeze(-1) * gap * 0.5
                 x = x.index_add(1, i, corr3).index_add(1, j, -corr3)
-        if not moved:
+        if not moved and not exporting():
             break
     return x
 

@@ -488,11 +488,12 @@ def main(argv=None) -> None:
         q.add_argument("--max-steps", type=int, default=None)
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--init", default=None)
+        q.add_argument("--lr", type=float, default=1e-4)
         q.add_argument("--ensembles", nargs="*", default=(),
                        help="folders of conformational ensembles (one protein each: model files or a trajectory "
                             "with its topology) added to the training proteins")
         a = q.parse_args(argv[1:])
-        train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps,
+        train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps, lr=a.lr,
                     ensembles=a.ensembles)
         return
     p = argparse.ArgumentParser(description="train LDB on a featurized dataset (see openmm_ldb.data)")

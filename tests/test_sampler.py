@@ -88,6 +88,44 @@ def test_python_and_torchscript_are_one_function(go):
     assert float((a[0, :, i, SG] - a[0, :, j, SG]).norm(dim=-1).max()) < 2.2  # the S–S bond is closed
 
 
+def test_pt2_is_the_same_function(go, tmp_path):
+    """``openmm-ldb export -o model.pt2`` on the shipped model (no checkpoint) writes a torch.export
+    program that gives the TorchScript file's atoms: disulfides (none, one, two), a noised frame,
+    two chains; it refuses what it was not exported for with a clear message."""
+    from openmm_ldb.cli import main
+
+    path = str(tmp_path / "model.pt2")
+    assert main(["export", "-o", path]) == 0
+    pt2, card = load_model(path)
+    ts, _ = load_model(default_model_path(), python=False)
+    assert card["pt2"]["frames_per_call"] == 1 and card["sampler_settings"] == load_model()[1]["sampler_settings"]
+    ca, restype, segment, _ = _inputs(go)
+    rt1, pairs = _cys_pair(ca, restype)
+    far = [(i, j) for i in range(len(restype)) for j in range(i + 3, len(restype))
+           if i not in pairs[0] and j not in pairs[0] and 4.5 < float((ca[0, i] - ca[0, j]).norm()) < 6.5][0]
+    rt2 = rt1.clone()
+    rt2[list(far)] = rc.RESTYPE_INDEX["CYS"]
+    noisy = ca + 0.3 * torch.randn(ca.shape, generator=torch.Generator().manual_seed(1))
+    two = torch.cat([ca, ca + torch.tensor([30.0, 0.0, 0.0])], 1)
+    cases = [(torch.cat([ca, noisy]), rt2, segment, pairs + [far]), (ca, rt1, segment, pairs), (noisy, restype, segment, []),
+             (two, restype.repeat(2), torch.arange(2).repeat_interleave(len(restype)), [])]
+    with torch.no_grad():
+        for x, rt, seg, pr in cases:
+            pr = torch.as_tensor(np.asarray(pr, dtype=np.int64).reshape(-1, 2))
+            seeds = torch.zeros(x.shape[0], dtype=torch.long)
+            a, m, s, e = pt2(x, rt, seg, pr, seeds)
+            b, m2, s2, e2 = ts(x, rt, seg, pr, seeds, 10, 1, True, False)
+            assert torch.equal(m, m2) and a.shape == b.shape
+            assert float((a - b).abs().max()) < 1e-3 and float((e - e2).abs().max()) < 1e-3
+            if pr.shape[0] == 1:  # the pair whose CB sit as a disulfide's: closed
+                i, j = pr[0].tolist()
+                assert float((a[:, 0, i, SG] - a[:, 0, j, SG]).norm(dim=-1).max()) < 2.2
+        with pytest.raises(ValueError, match="at least 41 residues"):
+            pt2(ca[:, :30], restype[:30], segment[:30], torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        with pytest.raises(ValueError, match="best guess only"):
+            pt2(ca, restype, segment, torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), 4, 2, False)
+
+
 def test_same_seed_same_atoms_at_any_batch(backmapper, go):
     """Frame f with seed s gives the same atoms alone or in a batch of 8 (best guess and samples)."""
     plan = backmapper.plan(go.topology, go.native_positions, hydrogens=False)

@@ -23,12 +23,11 @@ NUM_EDGE_GEOMETRY = NUM_RBF + 3 + 9
 def knn_graph(ca: torch.Tensor, mask: torch.Tensor, k: int, chunk: int = 512) -> Tuple[torch.Tensor, torch.Tensor]:
     """Indices [B, N, k] of each residue's k nearest Cα (itself included) and their validity."""
     bsz, n = ca.shape[0], ca.shape[1]
-    kk = min(k, n)
+    kk = geo.at_most(k, n)
     out_idx = []
     out_d = []
     big = (1.0 - mask).unsqueeze(1) * 1e6  # [B, 1, N]
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
+    for start, stop in geo.chunk_bounds(n, chunk):
         d = torch.cdist(ca[:, start:stop], ca) + big
         dist, idx = torch.topk(d, kk, dim=-1, largest=False)
         out_idx.append(idx)

@@ -34,6 +34,7 @@ class LDBConfig:
     angle_weight: float = 1.0
     clash_weight: float = 0.5
     ring_weight: float = 1.0
+    well_weight: float = 0.2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +101,7 @@ class LDBModel(nn.Module):
         c = self.config
         out["loss"] = c.angle_weight * out["angle"] + c.coord_weight * out["coord"] + \
             c.clash_weight * out["clash"] + c.ring_weight * out["ring"] + 0.1 * out["error_head"] + \
-            0.2 * out["wells"]
+            c.well_weight * out["wells"]
         return out
 
     # ---------------------------------------------------------------- training

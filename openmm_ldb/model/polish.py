@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import geometry as geo
 from .. import residues as rc
 
 # covalent radii (Å) for the bonding-distance test a receptor preparation applies
@@ -105,7 +106,7 @@ class ContactPolish(nn.Module):
         if self.steps <= 0 or n < 3:
             return atoms
         dev = atoms.device
-        kk = min(self.neighbours, n - 1)
+        kk = geo.at_most(self.neighbours, n - 1)
         # neighbours by the centre of each residue's atoms (side chains reach past Cα distance)
         centre = (atoms * atom_mask.view(1, n, s, 1)).sum(2) / atom_mask.sum(-1).clamp(min=1.0).view(1, n, 1)
         d_c = torch.cdist(centre - centre[:, :1], centre - centre[:, :1])

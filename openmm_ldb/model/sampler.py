@@ -102,10 +102,10 @@ DEFAULT_SETTINGS = {
 
 def nearest_points(query: torch.Tensor, points: torch.Tensor, k: int, chunk: int = 512) -> torch.Tensor:
     """Indices [B, N, k] of the k ``points`` [B, M, 3] nearest each ``query`` [B, N, 3] (chunked)."""
-    kk = min(k, points.shape[1])
+    kk = geo.at_most(k, points.shape[1])
     out: List[torch.Tensor] = []
-    for start in range(0, query.shape[1], chunk):
-        d = torch.cdist(query[:, start:start + chunk], points)
+    for start, stop in geo.chunk_bounds(query.shape[1], chunk):
+        d = torch.cdist(query[:, start:stop], points)
         out.append(torch.topk(d, kk, dim=-1, largest=False)[1])
     idx = torch.cat(out, dim=1)
     if kk < k:
@@ -220,6 +220,10 @@ class Sampler(nn.Module):
         self.repack_penalty = float(s["repack_penalty"])
         self.repack_neighbours = int(s["repack_neighbours"])
         self.repack_fraction = float(s["repack_fraction"])
+        if not 0.0 < self.repack_fraction <= 1.0:
+            raise ValueError(f"repack_fraction must be in (0, 1], not {self.repack_fraction}")
+        # in millionths: ceil(n * fraction) in integers, which torch.export can keep symbolic in n
+        self.repack_millionths = int(round(self.repack_fraction * 1_000_000))
         self._settings = s
         self.register_buffer("repack_offsets", torch.tensor(s["repack_offsets"], dtype=torch.float32) *
                              (math.pi / 180.0))
@@ -322,7 +326,7 @@ class Sampler(nn.Module):
         mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
         node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
         rt = restype.unsqueeze(0).expand(m, n)
-        if node.device.type == "cpu":
+        if node.device.type == "cpu" and not geo.exporting():
             # one network call per frame: a matrix product's rounding depends on how many rows it
             # has, and the discrete choices downstream would carry that into the atoms, so a
             # frame's atoms would depend on its batch (on a GPU the batch is kept whole: launching
@@ -513,7 +517,7 @@ class Sampler(nn.Module):
         that the pucker does not flip between two closures of nearly equal length).  Returns the
         angles and whether a plane was turned (the backbone must then be built again)."""
         is_pro = restype == self.pro
-        if not bool(is_pro.any()):
+        if not geo.exporting() and not bool(is_pro.any()):
             return angles, False
         t = self.tables
         pidx = torch.nonzero(is_pro).squeeze(1)                            # [P]
@@ -571,7 +575,7 @@ class Sampler(nn.Module):
         new[:, pidx, 4, 1] = torch.sin(chi1)
         new[:, pidx, 5, 0] = torch.cos(chi2b)
         new[:, pidx, 5, 1] = torch.sin(chi2b)
-        turned = bool((bd > 0).any())
+        turned = geo.exporting() or bool((bd > 0).any())
         if turned:
             # the plane angle of peptide i-1 -> i is the previous residue's angle 0
             delta = d[bd]                                                  # [B, P]
@@ -584,7 +588,7 @@ class Sampler(nn.Module):
     def close_disulfides(self, atoms: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Chi1 of both cysteines of each declared pair ([P, 2] residue indices) on a grid so that
         SG–SG is a bond (2.04 Å) with CB–SG–SG near 104 degrees."""
-        if pairs.shape[0] == 0:
+        if not geo.exporting() and pairs.shape[0] == 0:
             return angles
         t = self.tables
         loc = t.sc_local[self.cys, self.sg_slot]
@@ -613,17 +617,20 @@ class Sampler(nn.Module):
         flat = _stable_argmin(score.reshape(score.shape[0], score.shape[1], gsz * gsz), -1)   # [B, P]
         chi_i = g[torch.div(flat, gsz, rounding_mode="floor")]
         chi_j = g[flat % gsz]
-        new = angles.clone()
-        new[:, pairs[:, 0], 4, 0] = torch.cos(chi_i)
-        new[:, pairs[:, 0], 4, 1] = torch.sin(chi_i)
-        new[:, pairs[:, 1], 4, 0] = torch.cos(chi_j)
-        new[:, pairs[:, 1], 4, 1] = torch.sin(chi_j)
+        # whole rows copied in (index_copy): an indexed assignment of [B, P] values would make
+        # torch.export guard on the number of pairs
+        new = angles
+        for side, chi in ((0, chi_i), (1, chi_j)):
+            rows = new[:, pairs[:, side]].clone()                                  # [B, P, A, 2]
+            rows[:, :, 4, 0] = torch.cos(chi)
+            rows[:, :, 4, 1] = torch.sin(chi)
+            new = new.index_copy(1, pairs[:, side], rows)
         return new
 
     def fixed_residues(self, restype: torch.Tensor, pairs: torch.Tensor, n: int) -> torch.Tensor:
         """[N] True for side chains the clash resolution must not turn (closed rings and bonds)."""
         fixed = restype == self.pro
-        if pairs.shape[0] > 0:
+        if geo.exporting() or pairs.shape[0] > 0:
             fixed = fixed.clone()
             fixed[pairs.reshape(-1)] = True
         return fixed
@@ -643,7 +650,7 @@ class Sampler(nn.Module):
         m, n = atoms.shape[0], atoms.shape[1]
         h = self.num_heavy
         ncand = self.repack_offsets.shape[0]
-        kk = min(self.repack_neighbours, max(n - 1, 1))
+        kk = geo.at_most(self.repack_neighbours, max(n - 1, 1))
         pos = torch.arange(n, device=atoms.device).view(1, n, 1)
         heavy = atoms[:, :, :h]
         cand_angles = self.candidate_angles(angles, restype)                  # [C, M, N, A, 2]
@@ -673,7 +680,8 @@ class Sampler(nn.Module):
             pen = torch.cat([pen, torch.where(held, torch.full_like(turn_limit, self.stream_switch_penalty),
                                               torch.full_like(turn_limit, 1e9)).view(1, n)], 0)
         movable = (~fixed).to(atoms.dtype)
-        n_active = max(1, min(n, int(math.ceil(n * self.repack_fraction))))
+        # ceil(n * fraction); the exported program needs two residues in each of the three rounds
+        n_active = geo.run_time_size((n * self.repack_millionths + 999_999) // 1_000_000, 6, n)
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
         rows = torch.arange(m, device=atoms.device).view(m, 1)
         everyone = pos.view(1, n).expand(m, n)
@@ -745,14 +753,14 @@ class Sampler(nn.Module):
         m, n = atoms.shape[0], atoms.shape[1]
         h = self.num_heavy
         heavy = self.tables.place_sidechains(atoms[:, :, :h].contiguous(), restype, angles, h, 0, -1)
-        kk = min(self.relax_neighbours, n - 1)
+        kk = geo.at_most(self.relax_neighbours, n - 1)
         ctr_w = self.centre_weight[restype]
         centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
         nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K]
         movable = (~fixed) & (self.chi_exists[restype].sum(-1) > 0)
         cand = torch.nonzero(movable).squeeze(1)                              # [C]
         c = cand.shape[0]
-        if c == 0:
+        if not geo.exporting() and c == 0:
             return angles
         # the screen: every side-chain atom beyond CB against its neighbours' heavy atoms and its
         # own backbone (pairs more than three bonds apart)
@@ -764,12 +772,13 @@ class Sampler(nn.Module):
         w = torch.cat([self.sc_heavy[restype[cand]][:, 5:].view(1, c, 9, 1) * w_o.unsqueeze(2),
                        self.own_backbone_pairs[restype[cand]].unsqueeze(0).expand(m, c, 9, 5)], 3)
         origin = sc[:, :, :1]
-        d0 = torch.cdist((sc - origin).reshape(m * c, 9, 3), (other - origin).reshape(m * c, nother, 3))
-        d0 = d0.view(m, c, 9, nother)
+        # differences, not cdist: exact, and defined for any number of candidates (torch.export)
+        v0 = (sc - origin).unsqueeze(3) - (other - origin).unsqueeze(2)
+        d0 = torch.sqrt((v0 * v0).sum(-1))                                    # [M, C, 9, O]
         over0 = torch.relu(self.repack_cutoff - d0) * w
         act_frame = (over0 * over0).sum((2, 3)) > self.relax_min_energy      # [M, C]
         keep = act_frame.any(0)
-        if not bool(keep.any()):
+        if not geo.exporting() and not bool(keep.any()):
             return angles
         act = cand[keep]                                                      # [A]
         a = act.shape[0]
@@ -838,7 +847,7 @@ class Sampler(nn.Module):
         m, n, s = atoms.shape[0], atoms.shape[1], atoms.shape[2]
         rot = self.rotors[restype]                                            # [N, 2, 5]
         step = self.rotor_step[restype]                                       # [N, 2]
-        kk = min(self.hydrogen_neighbours, n - 1)
+        kk = geo.at_most(self.hydrogen_neighbours, n - 1)
         ctr_w = self.centre_weight[restype]
         heavy = atoms[:, :, :self.num_heavy]
         centre = (heavy * ctr_w.view(1, n, -1, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
@@ -908,3 +917,31 @@ class Sampler(nn.Module):
                         (other.reshape(1, m * t, kb, 3) - origin).expand(c, m * t, kb, 3))
         w = own_w.reshape(1, m * t, a, 1) * other_w.reshape(1, m * t, 1, kb)
         return (torch.relu(self.repack_cutoff - d) ** 2 * w).sum((2, 3)).view(c, m, t)
+
+
+class BestGuessProgram(nn.Module):
+    """The best guess of one frame: the :class:`Sampler`'s ``forward`` with one deterministic
+    sample, as ``torch.export`` traces it for the ``.pt2`` file (the same code as the
+    TorchScript file and the Python sampler; :func:`geometry.exporting` takes the data-dependent
+    shortcuts out while it traces).  Inputs ``ca`` [1, N, 3] Å, ``restype`` [N], ``segment``
+    [N], ``disulfides`` [P, 2], ``seeds`` [1] (unused); outputs as the sampler's."""
+
+    def __init__(self, sampler: Sampler, keep_ca: bool = False):
+        super().__init__()
+        self.sampler = sampler
+        self.keep_ca = keep_ca
+
+    def forward(self, ca: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
+                seeds: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.sampler(ca, restype, segment, disulfides, seeds, 1, 1, True, self.keep_ca)
+
+    def min_residues(self) -> int:
+        """The fewest residues the exported program takes: every neighbour count of the settings
+        fits in the chain, cdist takes its matrix-product form (more than 25 points) and each of
+        the three rounds of the rotamer choice has at least two residues."""
+        s = self.sampler
+        need = max(26, s.graph.k, s.repack_neighbours + 1, s.relax_neighbours + 1, s.hydrogen_neighbours + 1)
+        n = need
+        while (n * s.repack_millionths + 999_999) // 1_000_000 < 6:
+            n += 1
+        return n
