@@ -767,7 +767,6 @@ class Sampler(nn.Module):
         nb_c = nb[:, cand]
         sc = heavy[:, cand, 5:]                                                # [M, C, 9, 3]
         other = torch.cat([gather_residues(heavy, nb_c).reshape(m, c, kk * h, 3), heavy[:, cand, :5]], 2)
-        nother = other.shape[2]
         w_o = (self.sc_heavy + self.bb_heavy)[restype[nb_c]].reshape(m, c, kk * h)
         w = torch.cat([self.sc_heavy[restype[cand]][:, 5:].view(1, c, 9, 1) * w_o.unsqueeze(2),
                        self.own_backbone_pairs[restype[cand]].unsqueeze(0).expand(m, c, 9, 5)], 3)
