@@ -207,8 +207,12 @@ def _without_bonds(topology: Topology, drop) -> Topology:
 
 
 # sampler settings of a snapshot's polish (measured with benchmarks/meeko_check.py: Meeko accepted
-# 6 of 6 default snapshots with it, 1 of 6 without)
-SNAPSHOT_POLISH = {"polish_steps": 30}
+# 6 of 6 default snapshots with it, 1 of 6 without).  The second rotamer sweep took the wider run of
+# five proteins from 18 to 20 of 20 (aromatic rings that a 30-degree relaxation and the polish could
+# not turn off a neighbour's backbone); turning the peptide plane before a proline by up to 60
+# degrees closes rings that a CG trace's phi leaves open only with CD on the previous C (1AMQ)
+SNAPSHOT_POLISH = {"polish_steps": 30, "repack_sweeps": 2,
+                   "proline_plane_offsets": [0, 10, -10, 20, -20, 30, -30, 45, -45, 60, -60]}
 
 
 # ---------------------------------------------------------------------------------------------- reporter
@@ -283,16 +287,18 @@ class SnapshotReporter(BackmapReporterBase):
             not make.  None declares every disulfide of the plan.
         polish : bool=True
             Push atoms of different residues, hydrogens included, out of bonding distance with
-            bonds and angles kept (the function's contact polish, ``polish_steps``): a docking
-            program's receptor preparation (Meeko) rejects a file with such pairs.  It costs
-            about 0.5 ms per residue per snapshot; the backmapper given (or created) is copied
-            with the polish on, unless its settings already turn it on.
+            bonds and angles kept (the function's contact polish, ``polish_steps``, after a
+            second sweep of the rotamer choice): a docking program's receptor preparation
+            (Meeko) rejects a file with such pairs.  It costs about 0.5 ms per residue per
+            snapshot; the backmapper given (or created) is copied with the polish on, unless
+            its settings already turn it on.
         """
         super().__init__(reportInterval, backmapper, model, device, nSamples, seed, hydrogens, minimize, solvent,
                          minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps)
         bm = self._getBackmapper()
         if polish and int(bm.module.settings().get("polish_steps", 0)) <= 0:
-            self._backmapper = bm.with_settings(SNAPSHOT_POLISH)
+            # settings the user gave the backmapper stay as they are
+            self._backmapper = bm.with_settings({k: v for k, v in SNAPSHOT_POLISH.items() if k not in bm.settings})
         self._maxDisulfide = None if maxDisulfide is None else float(maxDisulfide)
         self._directory = os.fspath(directory)
         self._prefix = prefix

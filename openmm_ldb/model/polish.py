@@ -99,6 +99,8 @@ class ContactPolish(nn.Module):
         self.ca = rc.slot_names("ALA").index("CA")
         self.sg = rc.slot_names("CYS").index("SG")
         self.cb = rc.slot_names("CYS").index("CB")
+        self.pro = rc.RESTYPE_INDEX["PRO"]
+        self.pro_cd = rc.slot_names("PRO").index("CD")
 
     def forward(self, atoms: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, atom_mask: torch.Tensor,
                 disulfides: torch.Tensor) -> torch.Tensor:
@@ -179,7 +181,9 @@ class ContactPolish(nn.Module):
             a_i = i0.view(-1, 1).expand(-1, q).reshape(-1)
             sa = pep[:, 0].view(1, q).expand(i0.shape[0], q).reshape(-1)
             sb = pep[:, 1].view(1, q).expand(i0.shape[0], q).reshape(-1)
-            ok = exists[a_i, sa] & exists[a_i + 1, sb]
+            # the pairs with CD belong to a proline's peptide unit only (other residues have
+            # side-chain atoms in that slot)
+            ok = exists[a_i, sa] & exists[a_i + 1, sb] & ((sb != self.pro_cd) | (restype[a_i + 1] == self.pro))
             r_idx.append(torch.stack([a_i[ok], sa[ok], a_i[ok] + 1, sb[ok]], -1))
         if disulfides.shape[0] > 0:
             x, y = disulfides[:, 0], disulfides[:, 1]
