@@ -88,6 +88,7 @@ def main():
     extra = [("noise", _load("validation_noise03/metrics.json")), ("exchange", _load("exchange_time.json")),
              ("confidence", _load("confidence.json")), ("coherence", _load("coherence.json")),
              ("meeko", _load("meeko_check.json")), ("meeko_wide", _load("meeko_check_wide.json")),
+             ("meeko_more", _load("meeko_check_more.json")), ("pt2", _load("pt2_check.json")),
              ("gpu", _load("gpu_check.json"))]
     extra = {k: v for k, v in extra if v}
     if "noise" in extra:
@@ -158,6 +159,25 @@ def main():
                       "Command: ``python benchmarks/meeko_check.py --meeko ... --structures kortemme_ddg/1EL1.pdb.gz "
                       "kortemme_ddg/107L.pdb.gz kortemme_ddg/1AYE.pdb.gz kortemme_ddg/1AM7.pdb.gz --snapshots 4 "
                       "--out benchmarks/results/meeko_check_wide.json``", ""]
+        if "meeko_more" in extra:
+            w = extra["meeko_more"]
+            names = sorted({r["structure"] for r in w["rows"]})
+            failed = sorted({"; ".join(r["bad_pairs"]) for r in w["rows"] if not r["meeko_ok"]})
+            lines += [f"Five more proteins and gb1 ({', '.join(names)}; 4 snapshots each; a 1AMQ snapshot decided "
+                      f"the proline plane turns of the snapshot settings): Meeko accepted {w['meeko_passed']} of {w['n']}"
+                      + (f"; rejected for {' | '.join(failed)}" if failed else "") + ".",
+                      "Command: ``python benchmarks/meeko_check.py --meeko ... --structures kortemme_ddg/160L.pdb.gz "
+                      "kortemme_ddg/1ACB.pdb.gz kortemme_ddg/1AMQ.pdb.gz kortemme_ddg/1C9O.pdb.gz "
+                      "kortemme_ddg/1CHK.pdb.gz --snapshots 4 --out benchmarks/results/meeko_check_more.json``", ""]
+    if "pt2" in extra:
+        t = extra["pt2"]
+        lines += ["torch.export (.pt2)", "-------------------", "",
+                  f"``openmm-ldb export -o ldb.pt2`` on the shipped model: export {t['export_s']} s, load {t['load_s']} s; "
+                  f"{t['n']} runs (validation chains of {t['min_residues']}+ residues, native and 0.3 Å-noised Cα, their "
+                  f"disulfides): largest atom difference to the TorchScript file {t['max_pt2_vs_torchscript_A']} Å, to "
+                  f"the Python sampler {t['max_pt2_vs_python_A']} Å; a call takes {t['pt2_over_torchscript_time']}x "
+                  "the TorchScript file's time (median).",
+                  "Command: ``python benchmarks/pt2_check.py --max-chains 12``", ""]
     if "gpu" in extra:
         g = extra["gpu"]
         lines += ["GPU", "---", "",
