@@ -325,6 +325,25 @@ def test_proline_closure_turns_the_plane_before_it(go, offsets, closed):
     assert (gap < 0.05) == closed, ring
 
 
+def test_proline_after_proline_closes(go):
+    """Two prolines in a row on a compressed Cα–Cα (3.1 Å, as CG traces give): the second ring
+    closes by turning the plane between them, and the first, whose CB that turn moves, is closed
+    again (protein G positions that came out with CD 1.96-2.17 Å from the previous C before)."""
+    module, _ = load_model(default_model_path())
+    ca0, restype0, segment, none = _inputs(go)
+    for k in (13, 15):
+        restype = restype0.clone()
+        restype[k - 1] = restype[k] = rc.RESTYPE_INDEX["PRO"]
+        ca = ca0.clone()
+        v = ca[0, k] - ca[0, k - 1]
+        ca[0, k:] -= v * (1.0 - 3.1 / float(v.norm()))
+        with torch.no_grad():
+            atoms = module(ca, restype, segment, none, torch.zeros(1, dtype=torch.long), 1, 1, True, False)[0][0, 0]
+        for p in (k - 1, k):
+            assert abs(float((atoms[p, 0] - atoms[p, PRO_CD]).norm()) - 1.473) < 0.1, (k, p)   # N–CD bond
+            assert float((atoms[p - 1, 2] - atoms[p, PRO_CD]).norm()) > 2.2, (k, p)          # C(i-1)...CD
+
+
 def test_stream_gives_way_when_a_kept_rotamer_clashes(go):
     """A rotamer the stream keeps (turns limited to ``stream_max_turn``) that clashes in the new
     frame takes the frame's own best guess instead (``stream_switch_penalty``); without that

@@ -363,9 +363,16 @@ class Sampler(nn.Module):
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         if hold is None:
             hold = torch.full([n], self.pro_hold, device=x.device, dtype=x.dtype)
-        angles, turned = self.close_prolines(atoms, restype, segment, angles, hold)
+        angles, turned, plane_turned = self.close_prolines(atoms, restype, segment, angles, hold,
+                                                            self.pro_plane_offsets, True)
         if turned:
             atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
+            # a proline followed by a proline whose plane turned has its CB moved with its C: its
+            # ring is closed again on the new backbone, every other ring held where it is
+            is_pro = (restype == self.pro).view(1, n)
+            moved = is_pro & torch.cat([plane_turned[:, 1:], torch.zeros_like(plane_turned[:, :1])], 1)
+            hold2 = torch.where(moved, hold.view(1, n).expand_as(moved), torch.full_like(moved, 1e3, dtype=x.dtype))
+            angles = self.close_prolines(atoms, restype, segment, angles, hold2, self.pro_plane_offsets[:1], False)[0]
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
         limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
@@ -507,27 +514,32 @@ class Sampler(nn.Module):
         return out
 
     def close_prolines(self, atoms: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor,
-                       angles: torch.Tensor, hold: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+                       angles: torch.Tensor, hold: torch.Tensor, offsets: torch.Tensor, after_pro: bool
+                       ) -> Tuple[torch.Tensor, bool, torch.Tensor]:
         """Chi1/chi2 of every proline such that CD–N is a bond: chi1 on a grid, chi2 solved for
         the CD nearest N, and the peptide plane before the proline turned by one of
         ``proline_plane_offsets`` where the plane the trace gives cannot close the ring (a Cα
         trace from CG dynamics often has a phi no proline can take).  The closest closure wins;
         a turned plane costs ``proline_plane_cost`` Å per radian and a chi1 away from the
-        decoder's ``hold`` [N] Å (0.01; a coherent stream raises it for the rotamers it keeps, so
-        that the pucker does not flip between two closures of nearly equal length).  Returns the
-        angles and whether a plane was turned (the backbone must then be built again)."""
+        decoder's ``hold`` [N] or [B, N] Å (0.01; a coherent stream raises it for the rotamers it
+        keeps, so that the pucker does not flip between two closures of nearly equal length).
+        ``offsets`` are the plane turns tried (radians, 0 first); with ``after_pro`` the plane
+        after a proline may turn too (its own ring must then be closed again).  Returns the
+        angles, whether a plane was turned (the backbone must then be built again) and [B, N]
+        which prolines' preceding planes turned."""
         is_pro = restype == self.pro
+        none = torch.zeros(atoms.shape[0], atoms.shape[1], dtype=torch.bool, device=atoms.device)
         if not geo.exporting() and not bool(is_pro.any()):
-            return angles, False
+            return angles, False, none
         t = self.tables
         pidx = torch.nonzero(is_pro).squeeze(1)                            # [P]
         has_prev = geo.segment_neighbours(segment)[0]
         prev = (pidx - 1).clamp(min=0)
         # the plane before the proline turns only inside a chain and not after another proline
         # (whose own ring that plane carries)
-        can_turn = has_prev[pidx] & (restype[prev] != self.pro)            # [P]
+        can_turn = has_prev[pidx] & ((restype[prev] != self.pro) | after_pro)   # [P]
         bsz, npro = atoms.shape[0], pidx.shape[0]
-        d = self.pro_plane_offsets                                         # [D] radians, 0 first
+        d = offsets                                                        # [D] radians, 0 first
         nd = d.shape[0]
         n_at, ca, c_at = atoms[:, pidx, 0], atoms[:, pidx, 1], atoms[:, pidx, 2]   # [B, P, 3]
         ca_prev, c_prev = atoms[:, prev, 1], atoms[:, prev, 2]
@@ -564,7 +576,8 @@ class Sampler(nn.Module):
         plane_cost = torch.where(can_turn.view(npro, 1) | (d.view(1, nd) == 0.0),
                                  self.pro_plane_cost * d.abs().view(1, nd),
                                  torch.full([npro, nd], 1e9, device=atoms.device, dtype=atoms.dtype))
-        score = gap + hold[pidx].view(1, npro, 1, 1) * (1.0 - torch.cos(g.view(1, 1, 1, ng) - own)) + \
+        hold_b = hold.expand(bsz, atoms.shape[1])
+        score = gap + hold_b[:, pidx].view(bsz, npro, 1, 1) * (1.0 - torch.cos(g.view(1, 1, 1, ng) - own)) + \
             plane_cost.view(1, npro, nd, 1)
         best = _stable_argmin(score.reshape(bsz, npro, nd * ng), -1)       # [B, P]
         bd = torch.div(best, ng, rounding_mode="floor")
@@ -576,6 +589,7 @@ class Sampler(nn.Module):
         new[:, pidx, 5, 0] = torch.cos(chi2b)
         new[:, pidx, 5, 1] = torch.sin(chi2b)
         turned = geo.exporting() or bool((bd > 0).any())
+        plane_turned = none.index_copy(1, pidx, bd > 0)
         if turned:
             # the plane angle of peptide i-1 -> i is the previous residue's angle 0
             delta = d[bd]                                                  # [B, P]
@@ -583,7 +597,7 @@ class Sampler(nn.Module):
             cdl, sdl = torch.cos(delta), torch.sin(delta)
             new[:, prev, 0, 0] = c0 * cdl - s0 * sdl
             new[:, prev, 0, 1] = s0 * cdl + c0 * sdl
-        return new, turned
+        return new, turned, plane_turned
 
     def close_disulfides(self, atoms: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Chi1 of both cysteines of each declared pair ([P, 2] residue indices) on a grid so that
