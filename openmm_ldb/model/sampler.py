@@ -537,7 +537,9 @@ class Sampler(nn.Module):
         prev = (pidx - 1).clamp(min=0)
         # the plane before the proline turns only inside a chain and not after another proline
         # (whose own ring that plane carries)
-        can_turn = has_prev[pidx] & ((restype[prev] != self.pro) | after_pro)   # [P]
+        can_turn = has_prev[pidx]                                           # [P]
+        if not after_pro:
+            can_turn = can_turn & (restype[prev] != self.pro)
         bsz, npro = atoms.shape[0], pidx.shape[0]
         d = offsets                                                        # [D] radians, 0 first
         nd = d.shape[0]
