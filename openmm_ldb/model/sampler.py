@@ -47,6 +47,11 @@ DEFAULT_SETTINGS = {
     # close the ring; a turn costs proline_plane_cost Å per radian of closure gap
     "proline_plane_offsets": [0, 10, -10, 20, -20, 30, -30],
     "proline_plane_cost": 0.05,
+    # among closures as good as the best (score within 0.02, ring gap within 0.01 Å of its), the
+    # one whose CG and CD keep furthest (3 Å) from other residues' backbone atoms: a pucker pressed
+    # onto a neighbour is never turned later (prolines are held by the rotamer choice and the
+    # relaxation); 0 = off
+    "proline_contact_weight": 1.0,
     # weight (Å) that keeps a proline's chi1 near the one it comes with (the decoder's, or the
     # previous frame's in a coherent stream, where the pucker would otherwise flip between two
     # closures of nearly equal length)
@@ -248,6 +253,7 @@ class Sampler(nn.Module):
         self.register_buffer("pro_plane_offsets", torch.tensor([float(v) for v in s["proline_plane_offsets"]]) *
                              (math.pi / 180.0))
         self.pro_plane_cost = float(s["proline_plane_cost"])
+        self.pro_contact_weight = float(s["proline_contact_weight"])
         self.pro_hold = float(s["proline_hold"])
         self.pro_stream_hold = float(s["proline_stream_hold"])
         self.bond_n_cd = 1.473
@@ -570,6 +576,7 @@ class Sampler(nn.Module):
         cd = cg + f2[..., 0] * loc_cd[0] + r * (torch.cos(psi).unsqueeze(-1) * f2[..., 1] +
                                                 torch.sin(psi).unsqueeze(-1) * f2[..., 2])
         gap = (torch.sqrt(((cd - n_d.unsqueeze(3)) ** 2).sum(-1)) - self.bond_n_cd).abs()   # [B, P, D, G]
+        ring_gap = gap
         # CD is 1-3 to the previous residue's C (2.5 Å in real prolines): among closures keep it
         # off that C
         d_prev = torch.sqrt(((cd - c_prev_d.unsqueeze(3)) ** 2).sum(-1) + 1e-12)
@@ -581,6 +588,24 @@ class Sampler(nn.Module):
         hold_b = hold.expand(bsz, atoms.shape[1])
         score = gap + hold_b[:, pidx].view(bsz, npro, 1, 1) * (1.0 - torch.cos(g.view(1, 1, 1, ng) - own)) + \
             plane_cost.view(1, npro, nd, 1)
+        if self.pro_contact_weight > 0.0:
+            # CG and CD against the backbone (N, CA, C, O) of the ten residues nearest by Cα,
+            # the proline and its chain neighbours left out
+            # (differences, not cdist: defined for any number of prolines under torch.export)
+            dca = ca.unsqueeze(2) - atoms[:, :, 1].unsqueeze(1)                    # [B, P, N, 3]
+            kn = geo.at_most(10, atoms.shape[1])
+            nb = torch.topk((dca * dca).sum(-1), kn, dim=-1, largest=False)[1]    # [B, P, K]
+            near_seq = (nb - pidx.view(1, npro, 1)).abs() <= 1
+            bb_nb = gather_residues(atoms[:, :, :4], nb).reshape(bsz, npro, 1, 1, 1, kn * 4, 3)
+            dv = torch.stack([cg, cd], 4).unsqueeze(5) - bb_nb                   # [B, P, D, G, 2, 40, 3]
+            dc = torch.sqrt((dv * dv).sum(-1) + 1e-12)
+            keep = (~near_seq).to(gap.dtype).repeat_interleave(4, 2).view(bsz, npro, 1, 1, 1, kn * 4)
+            contact = (torch.relu(3.0 - dc) ** 2 * keep).sum((4, 5))                  # [B, P, D, G]
+            first = _stable_argmin(score.reshape(bsz, npro, nd * ng), -1)
+            best_score = torch.gather(score.reshape(bsz, npro, nd * ng), 2, first.unsqueeze(-1)).view(bsz, npro, 1, 1)
+            best_gap = torch.gather(ring_gap.reshape(bsz, npro, nd * ng), 2, first.unsqueeze(-1)).view(bsz, npro, 1, 1)
+            as_good = (score <= best_score + 0.02) & (ring_gap <= best_gap + 0.005)
+            score = torch.where(as_good, score + self.pro_contact_weight * contact, score + 1e3)
         best = _stable_argmin(score.reshape(bsz, npro, nd * ng), -1)       # [B, P]
         bd = torch.div(best, ng, rounding_mode="floor")
         chi1 = g[best % ng]
