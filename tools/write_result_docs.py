@@ -11,6 +11,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "benchmarks", "results")
 
 
+def _meeko_run(w: dict, what: str, out: str) -> list:
+    """Lines for one wider Meeko run of benchmarks/meeko_check.py (4 snapshots per protein)."""
+    names = sorted({r["structure"] for r in w["rows"]})
+    failed = sorted({"; ".join(r["bad_pairs"]) for r in w["rows"] if not r["meeko_ok"]})
+    structures = " ".join(f"kortemme_ddg/{n}.pdb.gz" for n in names if n != "gb1")
+    return [f"{what}, with gb1 ({', '.join(names)}; 4 snapshots each): Meeko accepted {w['meeko_passed']} of "
+            f"{w['n']}; snapshots with contacts left: {w.get('chains_with_bad_contacts')}"
+            + (f"; rejected for {' | '.join(failed)}" if failed else "") + ".",
+            f"Command: ``python benchmarks/meeko_check.py --meeko ... --structures {structures} --snapshots 4 "
+            f"--out benchmarks/results/{out}``", ""]
+
+
 def _load(name):
     path = os.path.join(RES, name)
     return json.load(open(path)) if os.path.exists(path) else None
@@ -150,25 +162,12 @@ def main():
                   f"{mk.get('chains_with_bad_contacts')} snapshots; disulfides declared {mk.get('declared_disulfides')}, "
                   f"longer than 2.2 Å {mk.get('declared_disulfides_open')}).",
                   "Command: ``python benchmarks/meeko_check.py --meeko /path/to/mk_prepare_receptor.py``", ""]
-        if "meeko_wide" in extra:
-            w = extra["meeko_wide"]
-            names = sorted({r["structure"] for r in w["rows"]})
-            lines += [f"Five proteins ({', '.join(names)}; 4 snapshots each, 1AYE numbered with insertion "
-                      f"codes): Meeko accepted {w['meeko_passed']} of {w['n']}; snapshots with contacts left: "
-                      f"{w.get('chains_with_bad_contacts')}.",
-                      "Command: ``python benchmarks/meeko_check.py --meeko ... --structures kortemme_ddg/1EL1.pdb.gz "
-                      "kortemme_ddg/107L.pdb.gz kortemme_ddg/1AYE.pdb.gz kortemme_ddg/1AM7.pdb.gz --snapshots 4 "
-                      "--out benchmarks/results/meeko_check_wide.json``", ""]
-        if "meeko_more" in extra:
-            w = extra["meeko_more"]
-            names = sorted({r["structure"] for r in w["rows"]})
-            failed = sorted({"; ".join(r["bad_pairs"]) for r in w["rows"] if not r["meeko_ok"]})
-            lines += [f"Five more proteins and gb1 ({', '.join(names)}; 4 snapshots each; a 1AMQ snapshot decided "
-                      f"the proline plane turns of the snapshot settings): Meeko accepted {w['meeko_passed']} of {w['n']}"
-                      + (f"; rejected for {' | '.join(failed)}" if failed else "") + ".",
-                      "Command: ``python benchmarks/meeko_check.py --meeko ... --structures kortemme_ddg/160L.pdb.gz "
-                      "kortemme_ddg/1ACB.pdb.gz kortemme_ddg/1AMQ.pdb.gz kortemme_ddg/1C9O.pdb.gz "
-                      "kortemme_ddg/1CHK.pdb.gz --snapshots 4 --out benchmarks/results/meeko_check_more.json``", ""]
+        for key, what, out in (("meeko_wide", "Five proteins (1AYE numbered with insertion codes)",
+                                "meeko_check_wide.json"),
+                               ("meeko_more", "Five more proteins (a 1AMQ snapshot decided the proline plane turns "
+                                "of the snapshot settings)", "meeko_check_more.json")):
+            if key in extra:
+                lines += _meeko_run(extra[key], what, out)
     if "pt2" in extra:
         t = extra["pt2"]
         lines += ["torch.export (.pt2)", "-------------------", "",

@@ -224,11 +224,11 @@ class Sampler(nn.Module):
         self.repack_cutoff = float(s["repack_cutoff"])
         self.repack_penalty = float(s["repack_penalty"])
         self.repack_neighbours = int(s["repack_neighbours"])
-        self.repack_fraction = float(s["repack_fraction"])
-        if not 0.0 < self.repack_fraction <= 1.0:
-            raise ValueError(f"repack_fraction must be in (0, 1], not {self.repack_fraction}")
+        fraction = float(s["repack_fraction"])
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"repack_fraction must be in (0, 1], not {fraction}")
         # in millionths: ceil(n * fraction) in integers, which torch.export can keep symbolic in n
-        self.repack_millionths = int(round(self.repack_fraction * 1_000_000))
+        self.repack_millionths = int(round(fraction * 1_000_000))
         self._settings = s
         self.register_buffer("repack_offsets", torch.tensor(s["repack_offsets"], dtype=torch.float32) *
                              (math.pi / 180.0))
