@@ -242,7 +242,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                 crop: int = 128, lr: float = 1e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
                 val_every: int = 250, threads: int | None = None, max_steps: int | None = None,
                 max_noise: float = 0.3, chains: list | None = None, val: list | None = None,
-                progress: bool = False, device=None, ensembles=()) -> str:
+                progress: bool = False, device=None, ensembles=(), config: dict | None = None) -> str:
     # (``dataset`` is ignored when ``chains`` are given)
     """Train the one-pass best guess end to end on atoms; resumable, accumulates across sessions.
 
@@ -272,7 +272,8 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
             torch.manual_seed(0)
             model = LDBModel(LDBConfig(**ck["config"]))
         missing, _ = model.load_state_dict(ck["model"], strict=False)
-        if any("error_head" not in k and ".skip." not in k and "well_head" not in k for k in missing):
+        if any("error_head" not in k and ".skip." not in k and "well_head" not in k and "quality_in" not in k
+               for k in missing):
             raise ValueError(f"{ckpt_path}: checkpoint lacks {missing[:3]}")
         opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
         if missing:  # a checkpoint from before the confidence head or the skip: the optimizer starts afresh
@@ -286,6 +287,11 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         model, _card = model_from_exported(init)
         opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
         init_from = init or "shipped default"
+    for key, value in (config or {}).items():  # loss settings changed for this run on (kept in the checkpoint)
+        if not hasattr(model.config, key):
+            raise ValueError(f"unknown LDBConfig field {key!r}")
+        setattr(model.config, key, type(getattr(model.config, key))(value))
+    model.graph.k = model.config.k  # the message passing reads any number of neighbours (a mean)
     device = _device(device)
     model.to(device)
     if os.path.exists(ckpt_path):
@@ -296,7 +302,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         p.requires_grad_(True)
     model.train()
     t0, c0 = time.time(), time.process_time()
-    _log(log_path, {"event": "start", "step": step, "init": init_from, "train_chains": len(chains),
+    _log(log_path, {"event": "start", "step": step, "init": init_from, "config": model.config.to_dict(), "train_chains": len(chains),
                     "train_clusters": len(clusters), "val_chains": len(val or []), "threads": torch.get_num_threads()})
 
     def save():
@@ -466,8 +472,10 @@ def finetune(out: str, init: str | None = None, trajectories=(), structures=(), 
                "data": [str(t) for t, _ in trajectories] + [str(x) for x in structures],
                "validation_before": before, "validation_after": after,
                "base_training": card.get("training")}
+    # the init model's sampler settings go with it (the well choice's weights among them)
     path = export_model(model, os.path.join(out, "model.pt"), {"training": summary,
-                                                                 "validation": card.get("validation")})
+                                                                 "validation": card.get("validation")},
+                        settings=card.get("sampler_settings"))
     summary["model"] = path
     _log(os.path.join(out, "train.log"), {"event": "finetune", **summary})
     return summary
@@ -492,9 +500,13 @@ def main(argv=None) -> None:
         q.add_argument("--ensembles", nargs="*", default=(),
                        help="folders of conformational ensembles (one protein each: model files or a trajectory "
                             "with its topology) added to the training proteins")
+        q.add_argument("--coord-loss", choices=["distance", "squared"], default=None,
+                       help="change the coordinate loss from this run on")
+        q.add_argument("--k", type=int, default=None, help="change the number of graph neighbours from this run on")
         a = q.parse_args(argv[1:])
+        config = {"coord_loss": a.coord_loss, "k": a.k}
         train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps, lr=a.lr,
-                    ensembles=a.ensembles)
+                    ensembles=a.ensembles, config={key: v for key, v in config.items() if v is not None})
         return
     p = argparse.ArgumentParser(description="train LDB on a featurized dataset (see openmm_ldb.data)")
     p.add_argument("dataset")

@@ -308,7 +308,7 @@ def _proline_chain_angles(go):
     pros = [10, 25]
     restype[pros] = rc.RESTYPE_INDEX["PRO"]
     with torch.no_grad():
-        x, _, *_, angles, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
+        x, _, *_, angles, _, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
     turn = torch.tensor(np.radians(135.0))
     prev = torch.tensor(pros) - 1
     c0, s0 = angles[:, prev, 0, 0].clone(), angles[:, prev, 0, 1].clone()
@@ -358,7 +358,7 @@ def test_stream_gives_way_when_a_kept_rotamer_clashes(go):
     ca, restype, segment, pairs = _inputs(go)
     n = len(restype)
     with torch.no_grad():
-        x, _, *_, fresh, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
+        x, _, *_, fresh, _, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
         atoms0, mask, fresh_final = module.finish(x, restype, segment, pairs, fresh)
         # the residue whose chi1 turned by 120 degrees lands deepest in its neighbours
         best, r_best, held = 9.0, -1, None
@@ -422,7 +422,7 @@ def test_torsion_gradient_is_the_energy_derivative(go):
     ca, restype, segment, pairs = _inputs(go)
     noisy = ca + torch.as_tensor(np.random.default_rng(5).normal(0, 0.4, tuple(ca.shape)), dtype=torch.float32)
     with torch.no_grad():
-        x, _, *_, angles, _ = module.trace_and_guess(noisy, restype, segment, True, pairs)
+        x, _, *_, angles, _, _ = module.trace_and_guess(noisy, restype, segment, True, pairs)
         angles = module.snap_chi(angles, restype)
         atoms, _ = module.tables.build_atoms(x, restype, segment, angles)
         fixed = module.fixed_residues(restype, pairs, len(restype))
@@ -458,3 +458,77 @@ def test_torsion_gradient_is_the_energy_derivative(go):
         slope = (energy(plus, r) - energy(minus, r)) / (2 * eps)
     # one step is -rate * dE/dchi
     assert abs(-float(moved[r, k]) / 1e-4 - slope) < 0.05 * abs(slope) + 1e-3, (float(moved[r, k]) / 1e-4, slope)
+
+
+def test_trace_quality_tells_crystal_from_cg_traces(go):
+    """The best guess is told how far the given trace is from a crystal's (RMS deviation of
+    Cα–Cα from 3.8 Å, frame-wide and over a window), per chain; a noised half of a two-chain
+    input reads high, the crystal half low, and the bond between the chains counts for neither;
+    the shipped network reads it."""
+    from openmm_ldb.model.features import trace_quality
+
+    ca, restype, segment, none = _inputs(go)
+    n = ca.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    noisy = ca + 0.3 * torch.randn(ca.shape, generator=gen)
+    q_crystal = trace_quality(ca, segment, torch.ones(1, n))
+    q_noisy = trace_quality(noisy, segment, torch.ones(1, n))
+    assert float(q_crystal[..., 0].max()) < 0.3 and float(q_noisy[..., 0].min()) > 0.8
+    two = torch.cat([ca, noisy + 50.0], 1)
+    seg2 = torch.cat([segment, segment + 1])
+    q_two = trace_quality(two, seg2, torch.ones(1, 2 * n))
+    assert float(q_two[0, : n // 2, 1].max()) < 0.3 and float(q_two[0, n + n // 2 :, 1].min()) > 0.8
+    module, _ = load_model(default_model_path())
+    # the same (noised) Cα read as if they were a crystal's: other angles
+    mask = torch.ones(1, n)
+    node, edge, rel, idx, valid, _ = module.graph(noisy, segment, mask)
+    with torch.no_grad():
+        a_told = module.best_guess(node, edge, rel, idx, valid, restype[None], mask, module.latent_mean,
+                                   module.latent_std, trace_quality(noisy, segment, mask))[0]
+        a_fooled = module.best_guess(node, edge, rel, idx, valid, restype[None], mask, module.latent_mean,
+                                     module.latent_std, q_crystal)[0]
+    assert float((a_told - a_fooled).abs().max()) > 1e-3
+
+
+def test_well_choice_leaves_a_clashing_well(go):
+    """The chi1 well choice scores each staggered well of the side chains it covers by the well
+    head and the repulsion there: told (by the head, 2 nats) to take the well where each side
+    chain clashes most, head-only weights take it; the shipped weights take the best-scoring
+    well, which for some side chains is another one; no other residue's chi1 moves."""
+    from openmm_ldb.export import model_from_exported
+    from openmm_ldb.model.sampler import Sampler
+
+    model, card = model_from_exported()
+    settings = dict(card["sampler_settings"])
+    shipped = torch.tensor(settings["well_choice"])
+    assert len(shipped) == 7
+    ca, restype, segment, none = _inputs(go)
+    n = ca.shape[1]
+    sampler = Sampler(model, settings).eval()
+    with torch.no_grad():
+        x, *_, angles, _, wells = sampler.trace_and_guess(ca, restype, segment, True, none)
+        angles = sampler.snap_chi(angles, restype)
+        atoms, _ = sampler.tables.build_atoms(x, restype, segment, angles)
+        sel = torch.nonzero(sampler.well_choice_types[restype] > 0).squeeze(1)
+        assert len(sel) >= 8                                   # protein G: TYR, PHE, TRP, LEU, ASN, GLN
+        feats = sampler.well_features(atoms, restype, angles, wells, sel)[0][0]    # [T, 3, 7]
+        worst = feats[..., 3:6].sum(-1).argmax(-1)                                 # [T] the most clashing well
+        told = torch.zeros_like(wells)
+        told[0, sel, 0] = torch.nn.functional.one_hot(worst, 3).to(told.dtype) * 2.0
+        free = torch.ones(n, dtype=torch.bool)
+        sampler.well_choice = torch.tensor([0.0] * 6 + [1.0])
+        head_only = sampler.choose_wells(atoms, restype, angles, told, free)[0]
+        sampler.well_choice = shipped
+        fitted = sampler.choose_wells(atoms, restype, angles, told, free)[0]
+    told_feats = feats.clone()
+    told_feats[..., 6] = torch.log_softmax(told[0, sel, 0], -1)
+
+    def well(a):
+        return (a[0, :, 4] @ sampler.chi1_wells.T).argmax(-1)
+
+    assert torch.equal(well(head_only)[sel], worst)
+    assert torch.equal(well(fitted)[sel], (told_feats * shipped).sum(-1).argmax(-1))
+    assert bool((well(fitted)[sel] != worst).any())
+    others = torch.ones(n, dtype=torch.bool)
+    others[sel] = False
+    assert torch.equal(fitted[0, others], angles[0, others]) and torch.equal(head_only[0, others], angles[0, others])

@@ -112,3 +112,18 @@ def test_finetune_end_to_end(tmp_path):
     go = cg.GoModel.from_structure(cg.demo_structure_path())
     top, pos = bm.backmap(go.topology, go.native_positions)
     assert top.getNumAtoms() > 400
+
+
+def test_best_guess_run_changes_loss_and_neighbours(real_chains, tmp_path):
+    """``python -m openmm_ldb.training guess ... --coord-loss squared --k 20`` changes the run from
+    then on: the checkpoint and the log carry the new settings, and an unknown field is refused."""
+    from openmm_ldb.training import train_guess
+
+    kw = dict(chains=_items(real_chains), val=None, batch_chains=2, crop=32, threads=1, log_every=1, ckpt_every=1000)
+    path = train_guess("", str(tmp_path / "a"), max_steps=1, config={"coord_loss": "squared", "k": 20}, **kw)
+    ck = torch.load(path, weights_only=False)
+    assert ck["config"]["coord_loss"] == "squared" and ck["config"]["k"] == 20
+    start = json.loads(open(tmp_path / "a" / "train.log").readline())
+    assert start["config"]["k"] == 20
+    with pytest.raises(ValueError, match="unknown LDBConfig field"):
+        train_guess("", str(tmp_path / "b"), max_steps=1, config={"neighbours": 20}, **kw)

@@ -44,7 +44,7 @@ def training_summary(log_path: str, base: dict | None, ck: dict) -> dict:
         "wall_minutes": round(ck.get("elapsed", 0.0) / 60, 1),
         "data": "train.tsv training clusters (1,758 chains); from step 4,900 also the five NMR ensembles of "
                 "shared/data/ensembles/nmr_models (195 models, five more clusters); Cα with 0-0.3 Å Gaussian noise "
-                "on half the chains",
+                "on half the chains; from step 16,300 the trace-quality input and the squared coordinate loss",
         "validation_during_training": vals[-4:]}, "hardware": "2 CPU cores, PyTorch CPU, 1 thread"}
 
 
@@ -65,7 +65,9 @@ def refresh_card(eval_dir: str) -> None:
                 "mode": "deterministic best guess with the sampler settings in this card (re-measured after a "
                         "change of the function; the paired comparison is of these weights against the previous "
                         "ones, with the function of that time)"})
-    export_model(model, default_model_path(), {"validation": val, "training": card.get("training")})
+    # the function's settings stay those of the card (the well choice's fitted weights among them)
+    export_model(model, default_model_path(), {"validation": val, "training": card.get("training")},
+                 settings=card.get("sampler_settings"))
     print(f"wrote {default_model_path()}: {json.dumps({k: round(v, 3) for k, v in new['mean'].items()})}")
 
 

@@ -4,7 +4,7 @@ ProteinMPNN-style message passing on the kNN Cα graph, time through adaptive la
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,13 +20,22 @@ class Denoiser(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
         self.trunk = GraphTrunk(hidden, layers, extra_in=latent_dim, cond_dim=time_dim)
         self.out = nn.Linear(hidden, latent_dim)
+        # the best guess's denoiser also reads how noisy the given trace is
+        # (features.trace_quality); zero at the start, so a model trained without it computes
+        # the same function (the diffusion denoiser never reads it)
+        self.quality_in = nn.Sequential(nn.Linear(2, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        nn.init.zeros_(self.quality_in[2].weight)
+        nn.init.zeros_(self.quality_in[2].bias)
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, z_t, t) -> torch.Tensor:
-        return self.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z_t, t)[0]
+        return self.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z_t, t, None)[0]
 
     @torch.jit.export
-    def latent_and_hidden(self, node, edge, rel, idx, valid, restype, mask, z_t, t) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The clean latent and the per-residue hidden states it was read from."""
+    def latent_and_hidden(self, node, edge, rel, idx, valid, restype, mask, z_t, t,
+                          quality: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The clean latent and the per-residue hidden states it was read from (``quality``
+        [B, N, 2]: :func:`features.trace_quality` of the given trace)."""
         cond = self.time_mlp(timestep_embedding(t, self.time_dim))  # [B, time_dim]
-        h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond)
+        h_in = None if quality is None else self.quality_in(quality)
+        h = self.trunk(node, edge, rel, idx, valid, restype, mask, z_t, cond, h_in)
         return self.out(h), h

@@ -43,10 +43,14 @@ def knn_graph(ca: torch.Tensor, mask: torch.Tensor, k: int, chunk: int = 512) ->
 
 
 def gather_nodes(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, N, C], idx [B, N, K] -> [B, N, K, C]."""
+    """x [B, M, C], idx [B, N, K] -> [B, N, K, C].
+
+    Rows copied by ``index_select`` on the flattened batch: the same numbers as ``gather`` with
+    an expanded index, about ten times faster on a CPU (the graph network gathers every layer)."""
     bsz, n, k = idx.shape
-    flat = idx.reshape(bsz, n * k, 1).expand(bsz, n * k, x.shape[-1])
-    return torch.gather(x, 1, flat).view(bsz, n, k, x.shape[-1])
+    m, c = x.shape[1], x.shape[-1]
+    offset = (torch.arange(bsz, device=idx.device) * m).view(bsz, 1, 1)
+    return x.reshape(bsz * m, c).index_select(0, (idx + offset).reshape(-1)).view(bsz, n, k, c)
 
 
 def shift(x: torch.Tensor, offset: int) -> torch.Tensor:
@@ -94,6 +98,32 @@ def node_geometry(ca: torch.Tensor, segment: torch.Tensor,
     cis = ((dist < cis_threshold) & has_next.view(1, -1)).to(f).unsqueeze(-1)
     out = torch.cat(feats + flags + [d_next, d_prev, cis], dim=-1)
     return out, rot
+
+
+def trace_quality(ca: torch.Tensor, segment: torch.Tensor, mask: torch.Tensor, window: int = 9,
+                  cis_threshold: float = CIS_THRESHOLD) -> torch.Tensor:
+    """How far the given trace is from a crystal's [B, N, 2]: the RMS deviation of Cα(i)–Cα(i+1)
+    from 3.8 Å over the whole frame and over ``window`` residues around each one (cis and
+    broken peptides left out, deviations capped at 0.5 Å), times 4.
+
+    Crystal traces give 0.01–0.03 Å, Cα with 0.3 Å noise (or a soft-bond CG model) about 0.25:
+    the network can trust fine Cα geometry where it is real and not where it is noise, which
+    no residue sees from its own few bonds.  Read from the trace as given, before it is
+    regularized."""
+    seg = segment if segment.dim() == 2 else segment.unsqueeze(0)
+    d = torch.sqrt(((ca[:, 1:] - ca[:, :-1]) ** 2).sum(-1) + 1e-12)                 # [B, N-1]
+    ok = ((seg[:, 1:] == seg[:, :-1]) & (d > cis_threshold)).to(ca.dtype) * mask[:, 1:] * mask[:, :-1]
+    dev2 = torch.clamp((d - 3.8).abs(), max=0.5) ** 2 * ok
+    total = torch.sqrt(dev2.sum(-1) / ok.sum(-1).clamp(min=1.0))                   # [B]
+    # each residue takes the bonds on both its sides, then a window of residues
+    dev_res = torch.nn.functional.pad(dev2, [1, 0]) + torch.nn.functional.pad(dev2, [0, 1])   # [B, N]
+    ok_res = torch.nn.functional.pad(ok, [1, 0]) + torch.nn.functional.pad(ok, [0, 1])
+    half = window // 2
+    dev_win = torch.nn.functional.avg_pool1d(dev_res.unsqueeze(1), window, 1, half, count_include_pad=False)
+    ok_win = torch.nn.functional.avg_pool1d(ok_res.unsqueeze(1), window, 1, half, count_include_pad=False)
+    local = torch.sqrt(dev_win[:, 0] / ok_win[:, 0].clamp(min=1e-6)) * (ok_win[:, 0] > 0).to(ca.dtype)
+    out = torch.stack([total.unsqueeze(1).expand_as(local), local], -1) * 4.0
+    return out * mask.unsqueeze(-1)
 
 
 def rbf(d: torch.Tensor, d_min: float = 2.0, d_max: float = 22.0, count: int = NUM_RBF) -> torch.Tensor:

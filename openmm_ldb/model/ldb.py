@@ -16,6 +16,7 @@ from .decoder import Decoder
 from .denoiser import Denoiser
 from .diffusion import alpha_bar
 from .encoder import Encoder, encoder_inputs
+from .features import trace_quality
 from .quantizer import VectorQuantizer
 from .trunk import Graph
 
@@ -35,6 +36,9 @@ class LDBConfig:
     clash_weight: float = 0.5
     ring_weight: float = 1.0
     well_weight: float = 0.2
+    # "distance": mean atom distance error; "squared": half the mean squared error, what RMSD
+    # scores (a side chain the network is unsure of is placed where it is wrong by least on average)
+    coord_loss: str = "distance"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,13 +79,15 @@ class LDBModel(nn.Module):
         atoms, present, restype = batch["atoms"], batch["present"], batch["restype"]
         segment, mask = batch["segment"], batch["mask"]
         ca = torch.cat([geo.regularize_trace(batch["ca"][b:b + 1], segment[b]) for b in range(segment.shape[0])])
+        quality = trace_quality(batch["ca"], segment, mask)
         node, edge, rel, idx, valid, rot = self._graph_batch(ca, segment, mask)
         true_full = torch.zeros(atoms.shape[0], atoms.shape[1], rc.NUM_SLOTS, 3, dtype=atoms.dtype, device=atoms.device)
         true_full[:, :, : atoms.shape[2]] = atoms
         angles, angle_mask = self._true_angles(true_full, restype, segment)
         angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
         pred, err, wells = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype,
-                                                                              mask, self.latent_mean, self.latent_std)
+                                                                              mask, self.latent_mean, self.latent_std,
+                                                                              quality)
         out: Dict[str, torch.Tensor] = {}
         out["angle"] = angle_loss(pred, angles, angle_mask, restype, self.tables)
         out["coord"], out["rmsd"], built = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
@@ -214,8 +220,11 @@ class LDBModel(nn.Module):
         use_sw = (res_sw < res).unsqueeze(-1)
         d2 = torch.where(use_sw, d2_sw, d2)
         w = torch.where(use_sw, w_sw, w)
-        dist = torch.sqrt(d2 + 1e-4).clamp(max=10.0)
-        loss = (dist * w).sum() / w.sum().clamp(min=1.0)
+        if self.config.coord_loss == "squared":
+            loss = 0.5 * (d2.clamp(max=100.0) * w).sum() / w.sum().clamp(min=1.0)
+        else:
+            dist = torch.sqrt(d2 + 1e-4).clamp(max=10.0)
+            loss = (dist * w).sum() / w.sum().clamp(min=1.0)
         rmsd = torch.sqrt((d2.detach() * w).sum() / w.sum().clamp(min=1.0))
         return loss, rmsd, built
 
@@ -230,13 +239,14 @@ class BestGuess(nn.Module):
         self.decoder = decoder
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
-                latent_std: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                latent_std: torch.Tensor, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles [B, N, NUM_ANGLES, 2], expected side-chain error [B, N] (Å) and chi1/chi2
-        well logits [B, N, 2, 3]."""
+        well logits [B, N, 2, 3] (``quality`` [B, N, 2]: :func:`features.trace_quality` of the
+        trace as given)."""
         shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
         z = torch.zeros(shape, device=node.device, dtype=node.dtype)
         t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
-        latent, hidden = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t)
+        latent, hidden = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t, quality)
         return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask,
                                              latent * latent_std + latent_mean, hidden)
 

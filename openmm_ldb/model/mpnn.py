@@ -66,9 +66,13 @@ def _edge_mlp(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Te
               e: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``Linear(w2) o GELU o Linear(w1)`` of ``cat([h_i, e_ij, h_j])`` without building the
     concatenation: the first layer is split into its node-i, edge and node-j blocks and the node
-    blocks are applied once per node instead of once per edge (same numbers, a third of the work)."""
+    blocks are applied once per node instead of once per edge (same numbers, a third of the work).
+    The sums are taken in place: the per-edge tensors are the network's largest, and allocating
+    them anew costs more than the additions."""
     hid = h.shape[-1]
     own = F.linear(h, w1[:, :hid])
     other = F.linear(h, w1[:, 2 * hid:])
-    x = F.linear(e, w1[:, hid:2 * hid], b1) + own.unsqueeze(2) + gather_nodes(other, idx)
+    x = F.linear(e, w1[:, hid:2 * hid], b1)
+    x += own.unsqueeze(2)
+    x += gather_nodes(other, idx)
     return F.linear(F.gelu(x), w2, b2)

@@ -29,6 +29,7 @@ from torch import nn
 from .. import geometry as geo
 from .. import residues as rc
 from .diffusion import alpha_bar, hash_normal
+from .features import gather_nodes, trace_quality
 from .ldb import WELLS_DEG, BestGuess, LDBModel, well_types
 from .polish import ContactPolish
 
@@ -68,6 +69,21 @@ DEFAULT_SETTINGS = {
     # file trained with the well head turns it on in its card)
     "snap_by_head": False,
     "hydrogen_neighbours": 6,
+    # the best guess's chi1 well chosen by a score of each staggered well (60, 180, -60 degrees):
+    # the well head's log-probability plus the side chain's soft repulsion (cutoffs 3.0 and 3.6 Å)
+    # with its neighbours' side chains, their backbones and its own backbone, weighted by these
+    # seven numbers (repulsion 3.0 Å: side chains, backbones, own; 3.6 Å: the same; head), which
+    # ``tools/fit_well_choice.py`` fits on training chains; [] = off (the nearest well of the
+    # regression is kept).  The head alone is right no more often than the regression; with the
+    # repulsion the well is right more often (see docs/models.rst)
+    "well_choice": [],
+    # the residue types the well choice applies to: on 70 training chains (the shipped network,
+    # all types offered) it made CYS, PHE, LEU, ASN, GLN, TRP and TYR better and ASP, GLU, HIS,
+    # ILE, LYS, MET and ARG worse (their further chis were predicted for the network's own chi1);
+    # VAL, SER and THR changed little and are left out for the time they cost
+    "well_choice_types": ["CYS", "PHE", "LEU", "ASN", "GLN", "TRP", "TYR"],
+    # neighbours (by side-chain centre) whose side chains and backbones the well choice scores against
+    "well_choice_neighbours": 8,
     # after the rotamer choice: gradient steps in torsion space (chi1-chi4, bonds stay ideal) for
     # the side chains that still clash, against the same soft repulsion with a tether to where
     # they started; each step turns a chi by at most relax_max_step degrees, in all by at most
@@ -136,10 +152,9 @@ def _stable_argmin(score: torch.Tensor, dim: int) -> torch.Tensor:
 
 def gather_residues(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [B, N, A, 3], idx [B, T, K] -> [B, T, K, A, 3]."""
-    b, n, a = x.shape[0], x.shape[1], x.shape[2]
+    b, a = x.shape[0], x.shape[2]
     t, k = idx.shape[1], idx.shape[2]
-    flat = idx.reshape(b, t * k, 1).expand(b, t * k, a * 3)
-    return torch.gather(x.reshape(b, n, a * 3), 1, flat).view(b, t, k, a, 3)
+    return gather_nodes(x.reshape(b, x.shape[1], a * 3), idx).view(b, t, k, a, 3)
 
 
 def rows_of(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -286,6 +301,14 @@ class Sampler(nn.Module):
         if not bool(s["snap_chi2"]):
             snap_types[:, 1] = 0.0
         self.register_buffer("snap_types", snap_types)
+        self.register_buffer("well_choice", torch.tensor([float(v) for v in s["well_choice"]], dtype=torch.float32))
+        if self.well_choice.shape[0] not in (0, 7):
+            raise ValueError(f"well_choice takes 7 weights (or none), not {self.well_choice.shape[0]}")
+        choice_types = torch.zeros(rc.NUM_RESTYPES + 1)
+        for name in s["well_choice_types"]:
+            choice_types[rc.RESTYPE_INDEX[name]] = 1.0
+        self.register_buffer("well_choice_types", choice_types * well_types()[:, 0])
+        self.well_choice_neighbours = int(s["well_choice_neighbours"])
         self.stream_gate = float(s["stream_gate"])
         self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
         self.stream_switch_penalty = float(s["stream_switch_penalty"])
@@ -308,14 +331,17 @@ class Sampler(nn.Module):
         bsz, n = ca.shape[0], ca.shape[1]
         m = bsz * samples
         given = ca.unsqueeze(1).expand(bsz, samples, n, 3).reshape(m, n, 3)
-        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
+        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells = self.trace_and_guess(
             given, restype, segment, keep_ca, disulfides)
+        guess_wells: Optional[torch.Tensor] = wells
         if not deterministic:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples, False)
+            guess_wells = None
         elif self.guess_ddim_steps > 0:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, self.guess_ddim_steps,
                                            samples, True)
-        atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles)
+            guess_wells = None
+        atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, wells=guess_wells)
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
 
@@ -330,6 +356,7 @@ class Sampler(nn.Module):
                                      disulfides)
         shift = torch.sqrt(((x - given) ** 2).sum(-1)).amax(-1) if n > 0 else torch.zeros(m, device=given.device)
         mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
+        quality = trace_quality(given, segment, mask)
         node, edge, rel, idx, valid, rot = self.graph(x, segment, mask)
         rt = restype.unsqueeze(0).expand(m, n)
         if node.device.type == "cpu" and not geo.exporting():
@@ -341,32 +368,37 @@ class Sampler(nn.Module):
             for b in range(m):
                 outs.append(self.best_guess(node[b:b + 1], edge[b:b + 1], rel[b:b + 1], idx[b:b + 1],
                                             valid[b:b + 1], rt[b:b + 1], mask[b:b + 1], self.latent_mean,
-                                            self.latent_std))
+                                            self.latent_std, quality[b:b + 1]))
             angles = torch.cat([o[0] for o in outs], 0)
             expected_error = torch.cat([o[1] for o in outs], 0)
             wells = torch.cat([o[2] for o in outs], 0)
         else:
             angles, expected_error, wells = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
-                                                            self.latent_std)
+                                                            self.latent_std, quality)
         if self.snap_by_head:
             angles = self.snap_chi(angles, restype, wells)
-        return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error
+        return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
                angles: torch.Tensor, turn_limit: Optional[torch.Tensor] = None,
-               hold: Optional[torch.Tensor] = None, fresh: Optional[torch.Tensor] = None
-               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               hold: Optional[torch.Tensor] = None, fresh: Optional[torch.Tensor] = None,
+               wells: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
         turned by at most ``turn_limit`` [N] radians, unlimited when None; proline puckers kept
         with weight ``hold`` [N] Å, ``proline_hold`` when None), hydrogens.  ``fresh`` (a
         stream's own best guess for the frame) is one more candidate of the clash resolution for
         the side chains held by ``turn_limit``, at a cost of ``stream_switch_penalty``: a kept
-        rotamer that clashes in the new frame gives way.
+        rotamer that clashes in the new frame gives way.  ``wells`` (the best guess's well logits
+        [M, N, 2, 3]) turn on the chi1 well choice (``well_choice``) for the side chains
+        ``turn_limit`` leaves free.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         angles = self.snap_chi(angles, restype)
         given = angles
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
+        limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
+        if wells is not None and self.well_choice.shape[0] > 0 and n > 1:
+            angles, atoms = self.choose_wells(atoms, restype, angles, wells, limit > 3.9)
         if hold is None:
             hold = torch.full([n], self.pro_hold, device=x.device, dtype=x.dtype)
         angles, turned, plane_turned = self.close_prolines(atoms, restype, segment, angles, hold,
@@ -381,7 +413,6 @@ class Sampler(nn.Module):
             angles = self.close_prolines(atoms, restype, segment, angles, hold2, self.pro_plane_offsets[:1], False)[0]
         angles = self.close_disulfides(atoms, disulfides, angles)
         fixed = self.fixed_residues(restype, disulfides, n)
-        limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
         if self.repack_sweeps > 0:
             alt = self.snap_chi(fresh, restype) if fresh is not None else None
             angles = self.resolve_clashes(atoms, restype, angles, fixed, limit, alt)
@@ -416,7 +447,7 @@ class Sampler(nn.Module):
         the last three are the state of the next call.
         """
         bsz, n = ca.shape[0], ca.shape[1]
-        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error = self.trace_and_guess(
+        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells = self.trace_and_guess(
             ca, restype, segment, keep_ca, disulfides)
         a_idx, a_dist, prev_chi, have = anchor_idx, anchor_dist, prior_chi, has_prior
         outs: List[torch.Tensor] = []
@@ -441,7 +472,8 @@ class Sampler(nn.Module):
             else:
                 a_idx, a_dist = nb, d_frame
             fresh = angles[b:b + 1] if have else None
-            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit, hold, fresh)
+            atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit, hold, fresh,
+                                                    wells[b:b + 1])
             outs.append(atoms_b)
             prev_chi, have = final[0, :, 4:], True
         atoms = torch.cat(outs, 0)
@@ -675,6 +707,75 @@ class Sampler(nn.Module):
             fixed = fixed.clone()
             fixed[pairs.reshape(-1)] = True
         return fixed
+
+    # ------------------------------------------------------------------ chi1 wells
+    def well_features(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor,
+                      wells: torch.Tensor, sel: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What the chi1 well choice scores [M, T, 3, 7] for the residues ``sel`` [T], and their
+        side chains (atoms beyond CB) in each well [3, M, T, 9, 3]: for each
+        staggered chi1 well (60, 180, -60 degrees; the other chis as in ``angles``), the soft
+        repulsion of its side chain (atoms beyond CB) at cutoffs 3.0 and 3.6 Å with the side chains
+        of its neighbours as ``atoms`` [M, N, S, 3] has them (placed from ``angles``), their
+        backbones (N, CA, C, O, CB) and its own backbone, and the well head's log-probability."""
+        m, n = atoms.shape[0], atoms.shape[1]
+        t = sel.shape[0]
+        h = self.num_heavy
+        kk = geo.at_most(self.well_choice_neighbours, max(n - 1, 1))
+        heavy = atoms[:, :, :h]
+        bb = heavy[:, :, :5]
+        rt = restype[sel]
+        ctr_w = self.centre_weight[restype]
+        centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
+        # neighbours of every residue, then the rows of ``sel`` (a query of data-dependent size
+        # would leave torch.export a cdist it cannot trace)
+        nb = nearest_points(centre, centre, kk + 1)[:, sel, 1:]               # [M, T, K], self dropped
+        bb_idx = nearest_points(centre, atoms[:, :, 1], kk + 1)[:, sel]       # [M, T, K+1]
+        bb_keep = (bb_idx != sel.view(1, t, 1)).to(atoms.dtype)
+        own = heavy[:, sel].contiguous()                                      # [M, T, H, 3]
+        # the three wells in one placement: wells x frames as the batch
+        a = angles[:, sel].unsqueeze(0).repeat(3, 1, 1, 1, 1)                # [3, M, T, A, 2]
+        a[:, :, :, 4, :] = self.chi1_wells.view(3, 1, 1, 2).expand(3, m, t, 2)
+        cand = self.tables.place_sidechains(own.unsqueeze(0).expand(3, m, t, h, 3).reshape(3 * m, t, h, 3), rt,
+                                            a.reshape(3 * m, t, a.shape[3], 2), h, 0, -1)
+        cand = cand.view(3, m, t, h, 3)[:, :, :, 5:]                          # [3, M, T, 9, 3]
+        w_sc = self.sc_heavy[rt][:, 5:].unsqueeze(0).expand(m, t, h - 5)          # [M, T, 9]
+        nb_sc = gather_residues(heavy[:, :, 5:], nb).reshape(m, t, kk * (h - 5), 3)
+        w_nb = self.sc_heavy[restype[nb]][..., 5:].reshape(m, t, kk * (h - 5))
+        nb_bb = gather_residues(bb, bb_idx).reshape(m, t, (kk + 1) * 5, 3)
+        w_bb = (self.bb_heavy[restype[bb_idx]][..., :5] * bb_keep.unsqueeze(-1)).reshape(m, t, (kk + 1) * 5)
+        w_own = self.own_backbone_pairs[rt].unsqueeze(0).expand(m, t, h - 5, 5)
+        # distances by differences, not cdist: exact, and traceable for any number of residues
+        d_sc = torch.sqrt(((cand.unsqueeze(4) - nb_sc.view(1, m, t, 1, -1, 3)) ** 2).sum(-1) + 1e-12)
+        d_bb = torch.sqrt(((cand.unsqueeze(4) - nb_bb.view(1, m, t, 1, -1, 3)) ** 2).sum(-1) + 1e-12)
+        d_own = torch.sqrt(((cand.unsqueeze(4) - own[:, :, :5].view(1, m, t, 1, 5, 3)) ** 2).sum(-1) + 1e-12)
+        w_sc_pair = w_sc.view(1, m, t, h - 5, 1)
+        feats: List[torch.Tensor] = []
+        for cutoff in (3.0, 3.6):
+            feats.append((torch.relu(cutoff - d_sc) ** 2 * w_sc_pair * w_nb.view(1, m, t, 1, -1)).sum((3, 4)))
+            feats.append((torch.relu(cutoff - d_bb) ** 2 * w_sc_pair * w_bb.view(1, m, t, 1, -1)).sum((3, 4)))
+            feats.append((torch.relu(cutoff - d_own) ** 2 * w_own.unsqueeze(0)).sum((3, 4)))
+        feats.append(torch.log_softmax(wells[:, sel, 0, :], -1).permute(2, 0, 1))   # [3, M, T]
+        return torch.stack(feats, -1).permute(1, 2, 0, 3), cand               # [M, T, 3, 7], [3, M, T, 9, 3]
+
+    def choose_wells(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, wells: torch.Tensor,
+                     free: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Chi1 of the side chains of ``well_choice_types`` that ``free`` [N] leaves free set to
+        the well that ``well_choice`` scores best (:meth:`well_features`); returns the angles and
+        ``atoms`` with those side chains' heavy atoms moved into their wells (the rotamer choice
+        finds neighbours by side-chain centres)."""
+        sel = torch.nonzero((self.well_choice_types[restype] > 0) & free).squeeze(1)   # [T]
+        if not geo.exporting() and sel.shape[0] == 0:
+            return angles, atoms
+        feats, cand = self.well_features(atoms, restype, angles, wells, sel)
+        best = _stable_argmin(-(feats * self.well_choice).sum(-1), -1)       # [M, T]
+        m, t = best.shape[0], best.shape[1]
+        chosen = angles[:, sel].clone()
+        chosen[..., 4, :] = self.chi1_wells[best]
+        h = self.num_heavy
+        placed = torch.gather(cand, 0, best.view(1, m, t, 1, 1).expand(1, m, t, h - 5, 3))[0]   # [M, T, 9, 3]
+        own = atoms[:, sel].clone()
+        own[:, :, 5:h] = placed
+        return angles.index_copy(1, sel, chosen), atoms.index_copy(1, sel, own)
 
     # ------------------------------------------------------------------ clash resolution
     def resolve_clashes(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, fixed: torch.Tensor,
