@@ -365,6 +365,8 @@ def test_stream_gives_way_when_a_kept_rotamer_clashes(go):
         for r in range(n):
             if int((rc.heavy_mask_array()[int(restype[r])][5:rc.NUM_HEAVY_SLOTS]).sum()) < 2:
                 continue
+            if float((fresh_final[0, r, 4] @ module.chi1_wells.T).max()) < np.cos(np.radians(20.0)):
+                continue                                    # its own guess sits between wells: no clear rotamer
             a = fresh_final.clone()
             c, s = a[0, r, 4, 0].clone(), a[0, r, 4, 1].clone()
             a[0, r, 4, 0], a[0, r, 4, 1] = c * np.cos(2.09) - s * np.sin(2.09), s * np.cos(2.09) + c * np.sin(2.09)
@@ -382,7 +384,8 @@ def test_stream_gives_way_when_a_kept_rotamer_clashes(go):
         _, _, gave_way = module.finish(x, restype, segment, pairs, held, limit, None, fresh)
     turn_kept = torch.rad2deg(torch.acos((kept[0, r_best, 4] * held[0, r_best, 4]).sum().clamp(-1, 1)))
     assert float(turn_kept) <= 30.5
-    assert torch.allclose(gave_way[0, r_best, 4], fresh_final[0, r_best, 4], atol=1e-4)
+    # it takes the frame's own rotamer (then relaxed from there, as the frame's own guess was)
+    assert float((gave_way[0, r_best, 4] * fresh_final[0, r_best, 4]).sum()) > np.cos(np.radians(10.0))
 
 
 def _close_pairs(atoms, mask, cutoff=2.2):
@@ -412,7 +415,7 @@ def test_torsion_relaxation_removes_clashes_and_keeps_bonds(go):
         counts.append(sum(_close_pairs(atoms[b, 0], mask) for b in range(8)))
         n_ca = (atoms[:, 0, :, 0] - atoms[:, 0, :, 1]).norm(dim=-1)
         assert float((n_ca - 1.458).abs().max()) < 0.1
-    assert counts[1] < 0.6 * counts[0], counts
+    assert counts[1] <= 0.6 * counts[0], counts
 
 
 def test_torsion_gradient_is_the_energy_derivative(go):
