@@ -21,7 +21,6 @@ import torch
 from openmm_ldb import geometry as geo
 from openmm_ldb import residues as rc
 from openmm_ldb.export import model_from_exported
-from openmm_ldb.model.features import trace_quality
 from openmm_ldb.model.sampler import Sampler
 from openmm_ldb.training import _cluster_index, load_split, make_batch
 
@@ -32,11 +31,7 @@ def chain_features(sampler: Sampler, model, chain: dict):
     b = make_batch([chain], [0], 100_000, random.Random(0))
     seg, rt = b["segment"][0], b["restype"][0]
     n = rt.shape[0]
-    x = geo.regularize_trace(b["ca"], seg, sampler.cis_threshold, sampler.min_ca_i2, sampler.regularize_iterations)
-    mask = torch.ones(1, n)
-    node, edge, rel, idx, valid, _ = sampler.graph(x, seg, mask)
-    angles, _, wells = sampler.best_guess(node, edge, rel, idx, valid, rt.unsqueeze(0), mask, sampler.latent_mean,
-                                          sampler.latent_std, trace_quality(b["ca"], seg, mask))
+    x, *_, angles, _, wells = sampler.trace_and_guess(b["ca"], rt, seg, False, torch.zeros(0, 2, dtype=torch.long))
     angles = sampler.snap_chi(angles, rt)
     atoms, _ = sampler.tables.build_atoms(x, rt, seg, angles)
     sel = torch.nonzero(sampler.well_choice_types[rt] > 0).squeeze(1)

@@ -725,6 +725,13 @@ class Sampler(nn.Module):
             fixed[pairs.reshape(-1)] = True
         return fixed
 
+    def side_chain_centres(self, heavy: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
+        """[M, N, 3] centre of each residue's CA and side-chain heavy atoms (GLY: its CA), by which
+        the steps after placement find a side chain's neighbours (``heavy`` [M, N, H, 3])."""
+        w = self.centre_weight[restype]
+        n = heavy.shape[1]
+        return (heavy * w.view(1, n, -1, 1)).sum(2) / w.sum(-1).view(1, n, 1)
+
     # ------------------------------------------------------------------ chi1 wells
     def well_features(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor,
                       wells: torch.Tensor, sel: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -741,8 +748,7 @@ class Sampler(nn.Module):
         heavy = atoms[:, :, :h]
         bb = heavy[:, :, :5]
         rt = restype[sel]
-        ctr_w = self.centre_weight[restype]
-        centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
+        centre = self.side_chain_centres(heavy, restype)
         # neighbours of every residue, then the rows of ``sel`` (a query of data-dependent size
         # would leave torch.export a cdist it cannot trace)
         nb = nearest_points(centre, centre, kk + 1)[:, sel, 1:]               # [M, T, K], self dropped
@@ -822,8 +828,7 @@ class Sampler(nn.Module):
         cur = self.tables.place_sidechains(heavy.contiguous(), restype, angles, h, 0, -1)[:, :, 5:]   # [M, N, 9, 3]
         bb = heavy[:, :, :5]                                                  # N, CA, C, O, CB
         # neighbours by side-chain centre (clashing side chains can sit on distant Cα)
-        ctr_w = self.centre_weight[restype]
-        centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
+        centre = self.side_chain_centres(heavy, restype)
         nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K], self dropped
         bb_idx = nearest_points(centre, atoms[:, :, 1], kk + 1)               # [M, N, K+1]
         bb_keep = (bb_idx != pos).to(atoms.dtype)
@@ -913,8 +918,7 @@ class Sampler(nn.Module):
         h = self.num_heavy
         heavy = self.tables.place_sidechains(atoms[:, :, :h].contiguous(), restype, angles, h, 0, -1)
         kk = geo.at_most(self.relax_neighbours, n - 1)
-        ctr_w = self.centre_weight[restype]
-        centre = (heavy * ctr_w.view(1, n, h, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
+        centre = self.side_chain_centres(heavy, restype)
         nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K]
         movable = (~fixed) & (self.chi_exists[restype].sum(-1) > 0)
         cand = torch.nonzero(movable).squeeze(1)                              # [C]
@@ -1006,9 +1010,7 @@ class Sampler(nn.Module):
         rot = self.rotors[restype]                                            # [N, 2, 5]
         step = self.rotor_step[restype]                                       # [N, 2]
         kk = geo.at_most(self.hydrogen_neighbours, n - 1)
-        ctr_w = self.centre_weight[restype]
-        heavy = atoms[:, :, :self.num_heavy]
-        centre = (heavy * ctr_w.view(1, n, -1, 1)).sum(2) / ctr_w.sum(-1).view(1, n, 1)
+        centre = self.side_chain_centres(atoms[:, :, :self.num_heavy], restype)
         nb = nearest_points(centre, centre, kk + 1)[..., 1:]                 # [M, N, K]
         nb_mask = atom_mask[nb]                                                # [M, N, K, S]
         h_ok = (rot[:, :, 2:] >= 0).to(atoms.dtype)                            # [N, 2, 3]
