@@ -59,7 +59,11 @@ def model_card(config: LDBConfig, extra: dict | None = None, settings: dict | No
 def load_checkpoint(path: str) -> LDBModel:
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model = LDBModel(LDBConfig(**ck["config"]))
-    model.load_state_dict(ck["model"])
+    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
+    # a checkpoint from before the per-well chi head has none (it is read only when the
+    # sampler's well_choice_chi asks for it)
+    if unexpected or any("well_chi_head" not in k for k in missing):
+        raise ValueError(f"{path}: not a checkpoint of this model (lacks {missing[:3]}, has {unexpected[:3]})")
     return model.eval()
 
 

@@ -242,13 +242,16 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
                 crop: int = 128, lr: float = 1e-4, seed: int = 0, log_every: int = 20, ckpt_every: int = 100,
                 val_every: int = 250, threads: int | None = None, max_steps: int | None = None,
                 max_noise: float = 0.3, chains: list | None = None, val: list | None = None,
-                progress: bool = False, device=None, ensembles=(), config: dict | None = None) -> str:
+                progress: bool = False, device=None, ensembles=(), config: dict | None = None,
+                heads_only: bool = False) -> str:
     # (``dataset`` is ignored when ``chains`` are given)
     """Train the one-pass best guess end to end on atoms; resumable, accumulates across sessions.
 
     Starts from ``init`` (an exported model; the shipped default when None) or resumes from
     ``<out>/checkpoint.pt``: model, optimizer, step, RNG states and data order continue exactly.
     The log (``<out>/train.log``, JSON lines) records total steps, wall minutes and CPU-hours.
+    ``heads_only`` trains the well heads alone on the fixed network under them (what the function
+    computes without them does not change); a run keeps to what it started with.
     """
     from .export import model_from_exported
 
@@ -273,9 +276,12 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
             model = LDBModel(LDBConfig(**ck["config"]))
         missing, _ = model.load_state_dict(ck["model"], strict=False)
         if any("error_head" not in k and ".skip." not in k and "well_head" not in k and "quality_in" not in k
-               for k in missing):
+               and "well_chi_head" not in k for k in missing):
             raise ValueError(f"{ckpt_path}: checkpoint lacks {missing[:3]}")
-        opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
+        if bool(ck.get("heads_only", False)) != heads_only:
+            raise ValueError(f"{ckpt_path} was trained with heads_only={not heads_only}: resume it the same way "
+                             "or start a new output folder")
+        opt = torch.optim.AdamW(_trained(model, heads_only), lr=lr, weight_decay=1e-4)
         if missing:  # a checkpoint from before the confidence head or the skip: the optimizer starts afresh
             ck["optimizer"] = opt.state_dict()
         opt.load_state_dict(ck["optimizer"])
@@ -285,7 +291,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         init_from = ck.get("init")
     else:
         model, _card = model_from_exported(init)
-        opt = torch.optim.AdamW(model.guess_parameters(), lr=lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(_trained(model, heads_only), lr=lr, weight_decay=1e-4)
         init_from = init or "shipped default"
     for key, value in (config or {}).items():  # loss settings changed for this run on (kept in the checkpoint)
         if not hasattr(model.config, key):
@@ -298,7 +304,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         opt.load_state_dict(ck["optimizer"])  # again, now that the parameters live on the device
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in model.guess_parameters():
+    for p in _trained(model, heads_only):
         p.requires_grad_(True)
     model.train()
     t0, c0 = time.time(), time.process_time()
@@ -309,7 +315,8 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         save_checkpoint(ckpt_path, model, opt, step, "guess",
                         {"elapsed": wall_before + time.time() - t0,
                          "cpu_seconds": cpu_before + time.process_time() - c0,
-                         "rng_python": rng.getstate(), "rng_torch": gen.get_state(), "init": init_from})
+                         "rng_python": rng.getstate(), "rng_torch": gen.get_state(), "init": init_from,
+                         "heads_only": heads_only})
 
     bar = None
     if progress:
@@ -326,22 +333,18 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
         picks = [rng.choice(clusters[rng.choice(cluster_names)]) for _ in range(batch_chains)]
         batch = make_batch(chains, picks, crop, rng)
         batch["ca"] = noisy_ca(batch, rng, gen, max_noise)
-        outd = model.guess_losses(_to(batch, device))
+        outd = model.guess_losses(_to(batch, device), heads_only=heads_only)
         opt.zero_grad()
         outd["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.guess_parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(_trained(model, heads_only), 1.0)
         opt.step()
         step += 1
         if bar is not None:
             bar.update(1)
         if step % log_every == 0:
             now = time.time()
-            _log(log_path, {"step": step, "phase": "guess", "lr": round(lr * scale, 6),
-                            "loss": round(float(outd["loss"].detach()), 4), "angle": round(float(outd["angle"].detach()), 4),
-                            "coord": round(float(outd["coord"].detach()), 4), "rmsd": round(float(outd["rmsd"].detach()), 3),
-                            "clash": round(float(outd["clash"].detach()), 4), "ring": round(float(outd["ring"].detach()), 4),
-                            "error_head": round(float(outd["error_head"].detach()), 4),
-                            "wells": round(float(outd["wells"].detach()), 4),
+            _log(log_path, {"step": step, "phase": "heads" if heads_only else "guess", "lr": round(lr * scale, 6),
+                            **{k: round(float(v.detach()), 4) for k, v in outd.items()},
                             "sec_per_step": round((now - last) / log_every, 3),
                             "wall_min_total": round((wall_before + now - t0) / 60, 2),
                             "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})
@@ -356,6 +359,14 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     _log(log_path, {"event": "end", "step": step,
                     "cpu_hours_total": round((cpu_before + time.process_time() - c0) / 3600, 5)})
     return ckpt_path
+
+
+def _trained(model: LDBModel, heads_only: bool) -> list:
+    """The parameters a best-guess run trains."""
+    if heads_only:
+        dec = model.guess_decoder
+        return list(dec.well_head.parameters()) + list(dec.well_chi_head.parameters())
+    return model.guess_parameters()
 
 
 @torch.no_grad()
@@ -503,10 +514,13 @@ def main(argv=None) -> None:
         q.add_argument("--coord-loss", choices=["distance", "squared"], default=None,
                        help="change the coordinate loss from this run on")
         q.add_argument("--k", type=int, default=None, help="change the number of graph neighbours from this run on")
+        q.add_argument("--heads-only", action="store_true",
+                       help="train the well heads alone, the network under them held fixed")
         a = q.parse_args(argv[1:])
         config = {"coord_loss": a.coord_loss, "k": a.k}
         train_guess(a.dataset, a.out, minutes=a.minutes, init=a.init, threads=a.threads, max_steps=a.max_steps, lr=a.lr,
-                    ensembles=a.ensembles, config={key: v for key, v in config.items() if v is not None})
+                    ensembles=a.ensembles, config={key: v for key, v in config.items() if v is not None},
+                    heads_only=a.heads_only)
         return
     p = argparse.ArgumentParser(description="train LDB on a featurized dataset (see openmm_ldb.data)")
     p.add_argument("dataset")

@@ -126,8 +126,8 @@ def test_pt2_is_the_same_function(go, tmp_path):
             if pr.shape[0] == 1:  # the pair whose CB sit as a disulfide's: closed
                 i, j = pr[0].tolist()
                 assert float((a[:, 0, i, SG] - a[:, 0, j, SG]).norm(dim=-1).max()) < 2.2
-        with pytest.raises(ValueError, match="at least 41 residues"):
-            pt2(ca[:, :30], restype[:30], segment[:30], torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        with pytest.raises(ValueError, match="at least 26 residues"):
+            pt2(ca[:, :20], restype[:20], segment[:20], torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         with pytest.raises(ValueError, match="best guess only"):
             pt2(ca, restype, segment, torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), 4, 2, False)
 
@@ -308,7 +308,7 @@ def _proline_chain_angles(go):
     pros = [10, 25]
     restype[pros] = rc.RESTYPE_INDEX["PRO"]
     with torch.no_grad():
-        x, _, *_, angles, _, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
+        x, _, *_, angles, _, _, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
     turn = torch.tensor(np.radians(135.0))
     prev = torch.tensor(pros) - 1
     c0, s0 = angles[:, prev, 0, 0].clone(), angles[:, prev, 0, 1].clone()
@@ -358,7 +358,7 @@ def test_stream_gives_way_when_a_kept_rotamer_clashes(go):
     ca, restype, segment, pairs = _inputs(go)
     n = len(restype)
     with torch.no_grad():
-        x, _, *_, fresh, _, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
+        x, _, *_, fresh, _, _, _ = module.trace_and_guess(ca, restype, segment, True, pairs)
         atoms0, mask, fresh_final = module.finish(x, restype, segment, pairs, fresh)
         # the residue whose chi1 turned by 120 degrees lands deepest in its neighbours
         best, r_best, held = 9.0, -1, None
@@ -402,7 +402,10 @@ def _close_pairs(atoms, mask, cutoff=2.2):
 
 def test_torsion_relaxation_removes_clashes_and_keeps_bonds(go):
     """The relaxation (chi turns down an analytic gradient) leaves fewer clashing pairs than the
-    rotamer choice alone on noisy Cα of the demo protein, with the same bonds (torsions only)."""
+    rotamer choice alone on noisy Cα of the demo protein, with the same bonds (torsions only).
+    (Since the well choice reads contacts, it leaves 30 pairs on these frames, and the relaxation
+    removes a fifth of them; 17 of the 24 left are backbone-backbone pairs, CB included, which no
+    chi turn moves.)"""
     ca, restype, segment, pairs = _inputs(go)
     noisy = ca + torch.as_tensor(np.random.default_rng(4).normal(0, 0.3, (8,) + tuple(ca.shape[1:])),
                                  dtype=torch.float32)
@@ -415,7 +418,7 @@ def test_torsion_relaxation_removes_clashes_and_keeps_bonds(go):
         counts.append(sum(_close_pairs(atoms[b, 0], mask) for b in range(8)))
         n_ca = (atoms[:, 0, :, 0] - atoms[:, 0, :, 1]).norm(dim=-1)
         assert float((n_ca - 1.458).abs().max()) < 0.1
-    assert counts[1] <= 0.6 * counts[0], counts
+    assert counts[1] <= 0.85 * counts[0], counts
 
 
 def test_torsion_gradient_is_the_energy_derivative(go):
@@ -425,7 +428,7 @@ def test_torsion_gradient_is_the_energy_derivative(go):
     ca, restype, segment, pairs = _inputs(go)
     noisy = ca + torch.as_tensor(np.random.default_rng(5).normal(0, 0.4, tuple(ca.shape)), dtype=torch.float32)
     with torch.no_grad():
-        x, _, *_, angles, _, _ = module.trace_and_guess(noisy, restype, segment, True, pairs)
+        x, _, *_, angles, _, _, _ = module.trace_and_guess(noisy, restype, segment, True, pairs)
         angles = module.snap_chi(angles, restype)
         atoms, _ = module.tables.build_atoms(x, restype, segment, angles)
         fixed = module.fixed_residues(restype, pairs, len(restype))
@@ -495,43 +498,149 @@ def test_trace_quality_tells_crystal_from_cg_traces(go):
 
 def test_well_choice_leaves_a_clashing_well(go):
     """The chi1 well choice scores each staggered well of the side chains it covers by the well
-    head and the repulsion there: told (by the head, 2 nats) to take the well where each side
-    chain clashes most, head-only weights take it; the shipped weights take the best-scoring
-    well, which for some side chains is another one; no other residue's chi1 moves."""
+    head, the repulsion there and the contact counts: told (by the head, 2 nats) to take the well
+    where each side chain clashes most, head-only weights take it; the shipped weights (a row per
+    residue type) take the best-scoring well, which for some side chains is another one; no other
+    residue's chi1 moves."""
     from openmm_ldb.export import model_from_exported
-    from openmm_ldb.model.sampler import Sampler
+    from openmm_ldb.model.sampler import WELL_FEATURES, Sampler
 
     model, card = model_from_exported()
     settings = dict(card["sampler_settings"])
-    shipped = torch.tensor(settings["well_choice"])
-    assert len(shipped) == 7
     ca, restype, segment, none = _inputs(go)
     n = ca.shape[1]
     sampler = Sampler(model, settings).eval()
+    shipped = sampler.well_choice.clone()
+    assert shipped.shape == (rc.NUM_RESTYPES + 1, WELL_FEATURES)
     with torch.no_grad():
-        x, *_, angles, _, wells = sampler.trace_and_guess(ca, restype, segment, True, none)
+        x, *_, angles, _, wells, well_chi = sampler.trace_and_guess(ca, restype, segment, True, none)
         angles = sampler.snap_chi(angles, restype)
         atoms, _ = sampler.tables.build_atoms(x, restype, segment, angles)
         sel = torch.nonzero(sampler.well_choice_types[restype] > 0).squeeze(1)
-        assert len(sel) >= 8                                   # protein G: TYR, PHE, TRP, LEU, ASN, GLN
-        feats = sampler.well_features(atoms, restype, angles, wells, sel)[0][0]    # [T, 3, 7]
+        assert len(sel) >= 30                                   # protein G: every type with a chi1 but PRO
+        feats = sampler.well_features(atoms, restype, angles, wells, sel, well_chi)[0][0]    # [T, 3, F]
         worst = feats[..., 3:6].sum(-1).argmax(-1)                                 # [T] the most clashing well
         told = torch.zeros_like(wells)
         told[0, sel, 0] = torch.nn.functional.one_hot(worst, 3).to(told.dtype) * 2.0
         free = torch.ones(n, dtype=torch.bool)
-        sampler.well_choice = torch.tensor([0.0] * 6 + [1.0])
-        head_only = sampler.choose_wells(atoms, restype, angles, told, free)[0]
+        head_only = torch.zeros_like(shipped)
+        head_only[:, 6] = 1.0
+        sampler.well_choice = head_only
+        by_head = sampler.choose_wells(atoms, restype, angles, told, free, well_chi)[0]
         sampler.well_choice = shipped
-        fitted = sampler.choose_wells(atoms, restype, angles, told, free)[0]
+        fitted = sampler.choose_wells(atoms, restype, angles, told, free, well_chi)[0]
     told_feats = feats.clone()
     told_feats[..., 6] = torch.log_softmax(told[0, sel, 0], -1)
 
     def well(a):
         return (a[0, :, 4] @ sampler.chi1_wells.T).argmax(-1)
 
-    assert torch.equal(well(head_only)[sel], worst)
-    assert torch.equal(well(fitted)[sel], (told_feats * shipped).sum(-1).argmax(-1))
+    assert torch.equal(well(by_head)[sel], worst)
+    assert torch.equal(well(fitted)[sel], (told_feats * shipped[restype[sel]].unsqueeze(1)).sum(-1).argmax(-1))
     assert bool((well(fitted)[sel] != worst).any())
     others = torch.ones(n, dtype=torch.bool)
     others[sel] = False
-    assert torch.equal(fitted[0, others], angles[0, others]) and torch.equal(head_only[0, others], angles[0, others])
+    assert torch.equal(fitted[0, others], angles[0, others]) and torch.equal(by_head[0, others], angles[0, others])
+
+
+def test_contact_counts_count_every_pair(go):
+    """The well choice's contact counts equal a plain count: for each side chain in each chi1
+    well, the pairs of its atoms beyond CB with every heavy atom of its 12 nearest residues (by
+    side-chain centre) and its own N, CA, C, O, by distance bin and apolar/polar class."""
+    from openmm_ldb.export import model_from_exported
+    from openmm_ldb.model.sampler import ENV_BIN_END, ENV_BIN_WIDTH, ENV_BINS, Sampler
+
+    model, card = model_from_exported()
+    sampler = Sampler(model, dict(card["sampler_settings"])).eval()
+    ca, restype, segment, none = _inputs(go)
+    with torch.no_grad():
+        x, *_, angles, _, wells, well_chi = sampler.trace_and_guess(ca, restype, segment, True, none)
+        atoms, _ = sampler.tables.build_atoms(x, restype, segment, angles)
+        sel = torch.nonzero(sampler.well_choice_types[restype] > 0).squeeze(1)
+        feats, cand, _ = sampler.well_features(atoms, restype, angles, wells, sel, well_chi)
+    heavy = atoms[0, :, :rc.NUM_HEAVY_SLOTS].numpy()
+    mask = rc.heavy_mask_array()[restype.numpy()][:, :rc.NUM_HEAVY_SLOTS] > 0
+    polar = np.zeros_like(mask)
+    for i, r in enumerate(restype.tolist()):
+        for j, name in enumerate(rc.slot_names(rc.RESTYPES_3[r])[:rc.NUM_HEAVY_SLOTS]):
+            polar[i, j] = bool(name) and name[0] in "NO"
+    w = sampler.centre_weight[restype].numpy()
+    centre = (heavy * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+    edges = ENV_BIN_END - ENV_BIN_WIDTH * np.arange(ENV_BINS - 1, -1, -1)      # upper edges
+    for t in (0, 7, len(sel) - 1):
+        i = int(sel[t])
+        d_c = np.linalg.norm(centre - centre[i], axis=-1)
+        nb = [j for j in np.argsort(d_c, kind="stable") if j != i][:12]
+        env = [(heavy[j, s], polar[j, s]) for j in nb for s in range(rc.NUM_HEAVY_SLOTS) if mask[j, s]]
+        env += [(heavy[i, s], polar[i, s]) for s in range(4)]
+        for well in range(3):
+            want = np.zeros((2, 2, ENV_BINS))
+            for s in range(5, rc.NUM_HEAVY_SLOTS):
+                if not mask[i, s]:
+                    continue
+                for pos, pol in env:
+                    k = int(np.searchsorted(edges, np.linalg.norm(cand[well, 0, t, s - 5].numpy() - pos), side="right"))
+                    if k < ENV_BINS:
+                        want[int(polar[i, s]), int(pol), k] += 1
+            got = feats[0, t, well, 7:].numpy().reshape(2, 2, ENV_BINS)
+            assert np.array_equal(got, want), (t, well)
+    assert float(feats[0, :, :, 7:].sum()) > 1000
+
+
+def test_well_choice_takes_the_per_well_further_chis(go):
+    """With ``well_choice_chi`` 1 a side chain the well choice moves to another chi1 well takes
+    that well's chi2..chi4 from the per-well head; one that stays keeps the network's own."""
+    from openmm_ldb.export import model_from_exported
+    from openmm_ldb.model.sampler import Sampler
+
+    model, card = model_from_exported()
+    settings = {**card["sampler_settings"], "well_choice_chi": 1}
+    sampler = Sampler(model, settings).eval()
+    ca, restype, segment, none = _inputs(go)
+    n = ca.shape[1]
+    with torch.no_grad():
+        x, *_, angles, _, wells, well_chi = sampler.trace_and_guess(ca, restype, segment, True, none)
+        angles = sampler.snap_chi(angles, restype)
+        atoms, _ = sampler.tables.build_atoms(x, restype, segment, angles)
+        sel = torch.nonzero(sampler.well_choice_types[restype] > 0).squeeze(1)
+        own = (angles[0, :, 4] @ sampler.chi1_wells.T).argmax(-1)
+        told = torch.zeros_like(wells)
+        told[0, :, 0] = torch.nn.functional.one_hot((own + 1) % 3, 3).to(told.dtype) * 50.0
+        told[0, sel[::2], 0] = torch.nn.functional.one_hot(own[sel[::2]], 3).to(told.dtype) * 50.0
+        head_only = torch.zeros_like(sampler.well_choice)
+        head_only[:, 6] = 1.0
+        sampler.well_choice = head_only
+        chosen = sampler.choose_wells(atoms, restype, angles, told, torch.ones(n, dtype=torch.bool), well_chi)[0]
+    moved, stayed = sel[1::2], sel[::2]
+    assert torch.equal((chosen[0, moved, 4] @ sampler.chi1_wells.T).argmax(-1), (own[moved] + 1) % 3)
+    assert torch.allclose(chosen[0, moved, 5:8], well_chi[0, moved, (own[moved] + 1) % 3])
+    assert torch.equal(chosen[0, stayed, 5:8], angles[0, stayed, 5:8])
+    assert not torch.allclose(chosen[0, moved, 5:8], angles[0, moved, 5:8], atol=1e-3)
+
+
+def test_repack_keeps_the_chosen_wells_where_it_can(go):
+    """``repack_well_penalty`` makes the clash resolution leave a side chain's chi1 well only where
+    it clashes badly: with a prohibitive penalty no chi1 changes well in the repack, without it
+    some do on a compressed trace."""
+    from openmm_ldb.export import model_from_exported
+    from openmm_ldb.model.sampler import Sampler
+
+    model, card = model_from_exported()
+    ca, restype, segment, none = _inputs(go)
+    ca = ca * 0.92                                                   # squeezed: side chains collide
+    n = ca.shape[1]
+    changed = []
+    for penalty in (0.0, 1e6):
+        sampler = Sampler(model, {**card["sampler_settings"], "repack_well_penalty": penalty,
+                                  "repack_fraction": 0.5}).eval()
+        with torch.no_grad():
+            x, *_, angles, _, wells, well_chi = sampler.trace_and_guess(ca, restype, segment, True, none)
+            angles = sampler.snap_chi(angles, restype)
+            atoms, _ = sampler.tables.build_atoms(x, restype, segment, angles)
+            fixed = sampler.fixed_residues(restype, none, n)
+            after = sampler.resolve_clashes(atoms, restype, angles, fixed, torch.full([n], 4.0))
+        before_well = (angles[0, :, 4] @ sampler.chi1_wells.T).argmax(-1)
+        after_well = (after[0, :, 4] @ sampler.chi1_wells.T).argmax(-1)
+        has = sampler.chi_exists[restype][:, 0] > 0
+        changed.append(int((before_well != after_well)[has].sum()))
+    assert changed[0] > 0 and changed[1] == 0, changed

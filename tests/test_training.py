@@ -127,3 +127,52 @@ def test_best_guess_run_changes_loss_and_neighbours(real_chains, tmp_path):
     assert start["config"]["k"] == 20
     with pytest.raises(ValueError, match="unknown LDBConfig field"):
         train_guess("", str(tmp_path / "b"), max_steps=1, config={"neighbours": 20}, **kw)
+
+
+def test_heads_only_run_trains_the_well_heads_alone(real_chains, tmp_path):
+    """``--heads-only`` trains the chi1/chi2 well head and the per-well chi2-chi4 head and nothing
+    else: after two steps every other weight is the shipped one and both heads moved; the log
+    carries the heads' losses, and the run resumes only the way it started."""
+    from openmm_ldb.export import model_from_exported
+    from openmm_ldb.training import train_guess
+
+    kw = dict(chains=_items(real_chains), val=None, batch_chains=2, crop=32, threads=1, log_every=1, ckpt_every=1000)
+    path = train_guess("", str(tmp_path / "a"), max_steps=2, heads_only=True, **kw)
+    ck = torch.load(path, weights_only=False)
+    shipped = model_from_exported()[0].state_dict()
+    moved = {k for k, v in ck["model"].items() if not torch.equal(v, shipped[k])}
+    assert any(k.startswith("guess_decoder.well_head.") for k in moved)
+    assert any(k.startswith("guess_decoder.well_chi_head.") for k in moved)
+    assert all(k.startswith(("guess_decoder.well_head.", "guess_decoder.well_chi_head.")) for k in moved), moved
+    rows = [json.loads(x) for x in open(tmp_path / "a" / "train.log")]
+    steps = [r for r in rows if r.get("phase") == "heads"]
+    assert len(steps) == 2 and all(r["well_chi"] > 0 and r["wells"] > 0 for r in steps)
+    with pytest.raises(ValueError, match="heads_only"):
+        train_guess("", str(tmp_path / "a"), max_steps=3, **kw)
+
+
+def test_well_chi_loss_reads_the_true_chi1_well():
+    """The per-well head is scored in the true chi1's well only: right there and wrong in the two
+    other wells costs nothing, wrong there costs; a residue without chi2 costs nothing."""
+    import math
+
+    from openmm_ldb import geometry as geo
+    from openmm_ldb import residues as rc
+    from openmm_ldb.model.ldb import well_chi_loss
+
+    tables = geo.GeometryTables()
+    restype = torch.tensor([[rc.RESTYPE_INDEX["LYS"], rc.RESTYPE_INDEX["SER"]]])
+    chis = torch.tensor([[[-65.0, 175.0, 60.0, 180.0], [178.0, 0.0, 0.0, 0.0]]]) * math.pi / 180
+    true = torch.zeros(1, 2, geo.NUM_ANGLES, 2)
+    true[..., 0] = 1.0
+    true[:, :, geo.CHI0:, 0], true[:, :, geo.CHI0:, 1] = torch.cos(chis), torch.sin(chis)
+    mask = torch.zeros(1, 2, geo.NUM_ANGLES)
+    mask[0, 0, geo.CHI0:] = 1.0
+    mask[0, 1, geo.CHI0] = 1.0
+    wrong = torch.tensor([0.0, -1.0])
+    well_chi = wrong.expand(1, 2, 3, 3, 2).clone()
+    well_chi[0, 0, 2] = true[0, 0, geo.CHI0 + 1:]          # LYS chi1 -65: the third well (-60)
+    assert float(well_chi_loss(well_chi, true, mask, restype, tables)) < 1e-6
+    well_chi[0, 0, 2] = wrong
+    well_chi[0, 0, 0] = true[0, 0, geo.CHI0 + 1:]
+    assert float(well_chi_loss(well_chi, true, mask, restype, tables)) > 0.5

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from openmm_ldb.evaluate import evaluate, validation_chains
-from openmm_ldb.export import default_model_path, export_model, model_from_exported
-from openmm_ldb.model import LDBConfig, LDBModel
+from openmm_ldb.export import default_model_path, export_model, load_checkpoint, model_from_exported
 
 
 HIGHER_IS_BETTER = {"chi1_acc", "chi12_acc", "bond_validity", "disulfides_recovered"}
@@ -48,13 +47,26 @@ def training_summary(log_path: str, base: dict | None, ck: dict) -> dict:
         "validation_during_training": vals[-4:]}, "hardware": "2 CPU cores, PyTorch CPU, 1 thread"}
 
 
+def heads_summary(log_path: str, before: dict, ck: dict) -> dict:
+    """The training record of a run that trained the well heads alone on the shipped network: the
+    network's own record stays as it was, the heads' run is added."""
+    rows = [json.loads(line) for line in open(log_path)]
+    start = next((r for r in rows if r.get("event") == "start"), {})
+    last = [r for r in rows if r.get("phase") == "heads" and r["step"] <= ck["step"]][-20:]
+    return {**before, "well_heads_stage": {
+        "steps": ck["step"], "cpu_hours": round(ck.get("cpu_seconds", 0.0) / 3600, 3),
+        "wall_minutes": round(ck.get("elapsed", 0.0) / 60, 1), "init": start.get("init"),
+        "trained": "the chi1/chi2 well head and the per-well chi2-chi4 head (Decoder.well_head, well_chi_head) "
+                   "alone, every other weight held as shipped (python -m openmm_ldb.training guess ... --heads-only)",
+        "data": "the best-guess stage's: train.tsv training clusters and the five NMR ensembles, noised Cα",
+        "final_losses": {k: round(sum(r[k] for r in last) / max(len(last), 1), 4) for k in ("wells", "well_chi")}}}
+
+
 def load_candidate(path: str):
     if path.endswith(".pt") and "checkpoint" not in os.path.basename(path):
         return model_from_exported(path)[0], None
     ck = torch.load(path, weights_only=False)
-    model = LDBModel(LDBConfig(**ck["config"]))
-    model.load_state_dict(ck["model"])
-    return model.eval(), ck
+    return load_checkpoint(path), ck
 
 
 def refresh_card(eval_dir: str) -> None:
@@ -114,8 +126,13 @@ def main():
     if args.write and better:
         base = base_card.get("training", {})
         base = base.get("stage_1_2", base)
-        summary = training_summary(os.path.join(os.path.dirname(os.path.abspath(args.candidate)), "train.log"),
-                                   base, ck) if ck is not None else base_card.get("training")
+        log = os.path.join(os.path.dirname(os.path.abspath(args.candidate)), "train.log")
+        if ck is None:
+            summary = base_card.get("training")
+        elif ck.get("heads_only"):
+            summary = heads_summary(log, base_card.get("training") or {}, ck)
+        else:
+            summary = training_summary(log, base, ck)
         card = {"validation": {"split": "train.tsv clusters with crc32(cluster30) % 100 < 10 (by protein)",
                                "n_chains": new["n_chains"], "n_residues": new["n_residues"],
                                "mode": "deterministic best guess with the sampler settings in this card",

@@ -11,6 +11,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "benchmarks", "results")
 
 
+
+def _well_choice_summary(weights) -> str:
+    """The well choice's weights in a line (the table has one row per residue type)."""
+    if isinstance(weights, dict):
+        n = len(next(iter(weights.values()), []))
+        return f"{n} weights for each of {len(weights) - 1} residue types and a shared row (fitted)"
+    return f"{len(weights or [])} shared weights (fitted)" if weights else "off"
+
+
+def _heads_line(stage) -> str:
+    if not stage:
+        return ""
+    return (f"Well heads (the χ1 well head and the per-well χ2–χ4 head, the network under them held "
+            f"fixed): {stage.get('steps')} steps, {stage.get('cpu_hours')} CPU-hours on one core.\n")
+
 def _meeko_run(w: dict, what: str, out: str) -> list:
     """Lines for one wider Meeko run of benchmarks/meeko_check.py (4 snapshots per protein)."""
     names = sorted({r["structure"] for r in w["rows"]})
@@ -101,7 +116,7 @@ def main():
              ("confidence", _load("confidence.json")), ("coherence", _load("coherence.json")),
              ("meeko", _load("meeko_check.json")), ("meeko_wide", _load("meeko_check_wide.json")),
              ("meeko_more", _load("meeko_check_more.json")), ("pt2", _load("pt2_check.json")),
-             ("gpu", _load("gpu_check.json"))]
+             ("gpu", _load("gpu_check.json")), ("wells", _load("well_choice.json"))]
     extra = {k: v for k, v in extra if v}
     if "noise" in extra:
         m = extra["noise"]["mean"]
@@ -111,6 +126,17 @@ def main():
                   f"clashes {_fmt(m.get('clashes_per_1000'), 1)} per 1000 atoms, GED {_fmt(m.get('ged'), 1)}.",
                   "Command: ``openmm-ldb evaluate --max-chains 60 --ca-noise 0.3 --out "
                   "benchmarks/results/validation_noise03``", ""]
+    if "wells" in extra:
+        w = extra["wells"]
+        lines += ["The χ1 well choice", "------------------", "",
+                  f"How often the χ1 well is the true one, before the clash resolution, on {w['chains']} "
+                  f"validation chains ({w['residues']} residues): the well nearest the network's own χ1 "
+                  f"{w['nearest_well']}, the well choice {w['well_choice']}.", ""]
+        lines.append(_table(["residue", "residues", "nearest well", "well choice"],
+                            [[k, r["residues"], _fmt(r["nearest_well"], 3), _fmt(r["well_choice"], 3)]
+                             for k, r in w["per_type"].items()]))
+        lines += ["Command: ``python benchmarks/well_choice.py DATASET.pt`` (the featurized data, "
+                  "``python -m openmm_ldb.data``)", ""]
     if "confidence" in extra:
         c = extra["confidence"]
         lines += ["Per-residue confidence", "----------------------", "",
@@ -273,8 +299,9 @@ Model
   atoms by rigid groups of ideal geometry (see :doc:`models`).  Parameters in the file:
   {n_params:,} ({os.path.getsize(default_model_path()) / 1e6:.1f} MB file).
 * **Sampler settings that change the atoms** (checked when a file is loaded): {", ".join(
-        f"``{k}`` = {v}" for k, v in st.items() if k != "repack_offsets")}; ``repack_offsets``:
-  {len(st.get("repack_offsets", []))} (chi1, chi2) turns.
+        f"``{k}`` = {v}" for k, v in st.items() if k not in ("repack_offsets", "well_choice"))};
+  ``repack_offsets``: {len(st.get("repack_offsets", []))} (chi1, chi2) turns; ``well_choice``:
+  {_well_choice_summary(st.get("well_choice"))}.
 * **Format:** TorchScript (``.pt``), CPU or CUDA; the Python Backmapper runs the same function
   from the package's source with the file's weights; libtorch (C++) runs the file.
 * **Method reference:** Han et al., *The Latent Road to Atoms*, arXiv 2410.13264 (an independent
@@ -289,6 +316,7 @@ cluster.  Stage 1 + 2: {s12.get("train_chains")} chains in {s12.get("train_clust
 {s12.get("steps")} steps in {s12.get("minutes")} minutes on 2 CPU cores.  Best-guess network:
 {bg.get("steps")} steps, {bg.get("cpu_hours")} CPU-hours on one core; {bg.get("data")}.
 
+{_heads_line(tr.get("well_heads_stage"))}
 Evaluation
 ----------
 

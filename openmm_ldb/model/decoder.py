@@ -21,6 +21,9 @@ class Decoder(nn.Module):
         # which staggered well (60, 180, -60 degrees) chi1 and chi2 sit in: logits [B, N, 2, 3]
         # (a regression of (cos, sin) averages two likely wells into an unlikely angle between them)
         self.well_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 6))
+        # chi2, chi3 and chi4 for each chi1 well: a side chain moved to another chi1 well takes
+        # that well's own, not the ones the main head chose for its own chi1 [B, N, 3, 3, 2]
+        self.well_chi_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 18))
         # the best guess also reads its denoiser's hidden states, not only the 4-number latent
         # (zero at the start: a model trained without it computes the same function)
         self.skip = nn.Linear(hidden, hidden)
@@ -34,13 +37,16 @@ class Decoder(nn.Module):
 
     @torch.jit.export
     def angles_and_error(self, node, edge, rel, idx, valid, restype, mask, zq,
-                         hidden: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The angles, the expected side-chain error [B, N] (Å, >= 0) of each residue and the
-        chi1/chi2 well logits [B, N, 2, 3] (``hidden``: an upstream network's per-residue hidden
-        states, read through ``skip``)."""
+                         hidden: Optional[torch.Tensor] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The angles, the expected side-chain error [B, N] (Å, >= 0) of each residue, the
+        chi1/chi2 well logits [B, N, 2, 3] and chi2..chi4 for each chi1 well [B, N, 3, 3, 2]
+        (unit (cos, sin); ``hidden``: an upstream network's per-residue hidden states, read
+        through ``skip``)."""
         h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq, None,
                        None if hidden is None else self.skip(hidden))
         raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
         err = torch.nn.functional.softplus(self.error_head(h).squeeze(-1))
         wells = self.well_head(h).view(h.shape[0], h.shape[1], 2, 3)
-        return geo.normalize(raw), err, wells
+        well_chi = geo.normalize(self.well_chi_head(h).view(h.shape[0], h.shape[1], 3, 3, 2))
+        return geo.normalize(raw), err, wells, well_chi

@@ -39,6 +39,7 @@ class LDBConfig:
     # "distance": mean atom distance error; "squared": half the mean squared error, what RMSD
     # scores (a side chain the network is unsure of is placed where it is wrong by least on average)
     coord_loss: str = "distance"
+    well_chi_weight: float = 0.2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,9 +74,10 @@ class LDBModel(nn.Module):
     def guess_parameters(self):
         return list(self.guess_denoiser.parameters()) + list(self.guess_decoder.parameters())
 
-    def guess_losses(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def guess_losses(self, batch: Dict[str, torch.Tensor], heads_only: bool = False) -> Dict[str, torch.Tensor]:
         """Losses of the one-pass best guess on a batch: the Cα are regularized as at inference
-        (:func:`geometry.regularize_trace`), atoms are built by the same rigid groups."""
+        (:func:`geometry.regularize_trace`), atoms are built by the same rigid groups.  With
+        ``heads_only`` only the well heads' losses, the networks under them held fixed."""
         atoms, present, restype = batch["atoms"], batch["present"], batch["restype"]
         segment, mask = batch["segment"], batch["mask"]
         ca = torch.cat([geo.regularize_trace(batch["ca"][b:b + 1], segment[b]) for b in range(segment.shape[0])])
@@ -85,10 +87,22 @@ class LDBModel(nn.Module):
         true_full[:, :, : atoms.shape[2]] = atoms
         angles, angle_mask = self._true_angles(true_full, restype, segment)
         angle_mask = angle_mask * self._angle_present(present, restype, segment) * mask.unsqueeze(-1)
-        pred, err, wells = BestGuess(self.guess_denoiser, self.guess_decoder)(node, edge, rel, idx, valid, restype,
-                                                                              mask, self.latent_mean, self.latent_std,
-                                                                              quality)
+        c = self.config
         out: Dict[str, torch.Tensor] = {}
+        guess = BestGuess(self.guess_denoiser, self.guess_decoder)
+        if heads_only:
+            with torch.no_grad():
+                hidden = guess.hidden(node, edge, rel, idx, valid, restype, mask, self.latent_mean, self.latent_std,
+                                      quality)
+            dec = self.guess_decoder
+            wells = dec.well_head(hidden).view(hidden.shape[0], hidden.shape[1], 2, 3)
+            well_chi = geo.normalize(dec.well_chi_head(hidden).view(hidden.shape[0], hidden.shape[1], 3, 3, 2))
+            out["wells"] = well_loss(wells, angles, angle_mask, restype)
+            out["well_chi"] = well_chi_loss(well_chi, angles, angle_mask, restype, self.tables)
+            out["loss"] = out["wells"] + out["well_chi"]
+            return out
+        pred, err, wells, well_chi = guess(node, edge, rel, idx, valid, restype, mask, self.latent_mean,
+                                           self.latent_std, quality)
         out["angle"] = angle_loss(pred, angles, angle_mask, restype, self.tables)
         out["coord"], out["rmsd"], built = self._coord_loss(pred, ca, true_full, present, restype, segment, mask)
         # the confidence head learns each residue's side-chain RMSD (atoms beyond CB)
@@ -102,12 +116,12 @@ class LDBModel(nn.Module):
         out["error_head"] = (torch.nn.functional.smooth_l1_loss(err, true_err, reduction="none") * has).sum() / \
             has.sum().clamp(min=1.0)
         out["wells"] = well_loss(wells, angles, angle_mask, restype)
+        out["well_chi"] = well_chi_loss(well_chi, angles, angle_mask, restype, self.tables)
         out["clash"] = clash_loss(built, restype, idx, valid, mask, self.tables)
         out["ring"] = proline_ring_loss(built, restype, mask)
-        c = self.config
         out["loss"] = c.angle_weight * out["angle"] + c.coord_weight * out["coord"] + \
             c.clash_weight * out["clash"] + c.ring_weight * out["ring"] + 0.1 * out["error_head"] + \
-            c.well_weight * out["wells"]
+            c.well_weight * out["wells"] + c.well_chi_weight * out["well_chi"]
         return out
 
     # ---------------------------------------------------------------- training
@@ -239,16 +253,29 @@ class BestGuess(nn.Module):
         self.decoder = decoder
 
     def forward(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
-                latent_std: torch.Tensor, quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Angles [B, N, NUM_ANGLES, 2], expected side-chain error [B, N] (Å) and chi1/chi2
-        well logits [B, N, 2, 3] (``quality`` [B, N, 2]: :func:`features.trace_quality` of the
-        trace as given)."""
+                latent_std: torch.Tensor, quality: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Angles [B, N, NUM_ANGLES, 2], expected side-chain error [B, N] (Å), chi1/chi2 well
+        logits [B, N, 2, 3] and chi2..chi4 for each chi1 well [B, N, 3, 3, 2] (``quality``
+        [B, N, 2]: :func:`features.trace_quality` of the trace as given)."""
         shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
         z = torch.zeros(shape, device=node.device, dtype=node.dtype)
         t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
         latent, hidden = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t, quality)
         return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask,
                                              latent * latent_std + latent_mean, hidden)
+
+    @torch.jit.ignore
+    def hidden(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
+               latent_std: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """The decoder's last hidden states [B, N, H], which its heads read."""
+        shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
+        z = torch.zeros(shape, device=node.device, dtype=node.dtype)
+        t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
+        latent, h = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t, quality)
+        dec = self.decoder
+        return dec.trunk(node, edge, rel, idx, valid, restype, mask, latent * latent_std + latent_mean, None,
+                         dec.skip(h))
 
 
 def clash_loss(built: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
@@ -329,6 +356,21 @@ def well_loss(logits: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, rest
     m = mask[:, :, geo.CHI0:geo.CHI0 + 2] * well_types().to(logits.device)[restype]
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), target.reshape(-1), reduction="none")
     return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1.0)
+
+
+def well_chi_loss(well_chi: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, restype: torch.Tensor,
+                  tables: geo.GeometryTables) -> torch.Tensor:
+    """Angle loss of chi2..chi4 [B, N, 3, 3, 2] read in the true chi1's well (the wells where
+    chi1 is not a target are not scored)."""
+    w = torch.tensor(WELLS_DEG, device=true.device, dtype=true.dtype) * (math.pi / 180.0)
+    chi1 = true[:, :, geo.CHI0]                                                 # [B, N, 2]
+    target = (chi1[..., 0:1] * torch.cos(w) + chi1[..., 1:2] * torch.sin(w)).argmax(-1)
+    b, n = target.shape
+    pred = torch.gather(well_chi, 2, target.view(b, n, 1, 1, 1).expand(b, n, 1, 3, 2)).squeeze(2)  # [B, N, 3, 2]
+    m = mask[:, :, geo.CHI0 + 1:] * mask[:, :, geo.CHI0:geo.CHI0 + 1] * (well_types().to(true.device)[restype, :1])
+    full = torch.cat([true[:, :, :geo.CHI0 + 1], pred], 2)
+    full_mask = torch.cat([torch.zeros_like(mask[:, :, :geo.CHI0 + 1]), m], 2)
+    return angle_loss(full, true, full_mask, restype, tables)
 
 
 def angle_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, restype: torch.Tensor,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +41,10 @@ DEFAULT_SETTINGS = {
     "repack_sweeps": 1,
     "repack_cutoff": 3.0,
     "repack_penalty": 0.4,
+    # added to the penalty of the candidates that turn chi1 by 60 degrees or more (into another
+    # well): the chi1 well choice scored every well already, so the repack leaves the chosen one
+    # only for a side chain that clashes badly there
+    "repack_well_penalty": 0.0,
     "repack_neighbours": 12,
     "repack_fraction": 0.125,
     "proline_chi1_grid": 31,
@@ -71,19 +76,29 @@ DEFAULT_SETTINGS = {
     "hydrogen_neighbours": 6,
     # the best guess's chi1 well chosen by a score of each staggered well (60, 180, -60 degrees):
     # the well head's log-probability plus the side chain's soft repulsion (cutoffs 3.0 and 3.6 Å)
-    # with its neighbours' side chains, their backbones and its own backbone, weighted by these
-    # seven numbers (repulsion 3.0 Å: side chains, backbones, own; 3.6 Å: the same; head), which
-    # ``tools/fit_well_choice.py`` fits on training chains; [] = off (the nearest well of the
-    # regression is kept).  The head alone is right no more often than the regression; with the
-    # repulsion the well is right more often (see docs/models.rst)
+    # with its neighbours' side chains, their backbones and its own backbone (7 weights:
+    # repulsion 3.0 Å: side chains, backbones, own; 3.6 Å: the same; head), and with
+    # WELL_FEATURES weights also the contact counts of Sampler.contact_features; one list for all
+    # residue types or {"*": [...], "LEU": [...], ...} with a row per type.
+    # ``tools/fit_well_choice.py`` fits them on training chains; [] = off (the nearest well of
+    # the regression is kept).  See docs/models.rst
     "well_choice": [],
-    # the residue types the well choice applies to: on 70 training chains (the shipped network,
-    # all types offered) it made CYS, PHE, LEU, ASN, GLN, TRP and TYR better and ASP, GLU, HIS,
-    # ILE, LYS, MET and ARG worse (their further chis were predicted for the network's own chi1);
-    # VAL, SER and THR changed little and are left out for the time they cost
+    # the residue types the well choice applies to (the shipped model's card: every type with a
+    # chi1 but PRO).  These defaults are those a model with the seven shared weights was fitted
+    # for: on 70 training chains they made CYS, PHE, LEU, ASN, GLN, TRP and TYR better and the
+    # others worse or no better (with the contact counts and the per-well chi2..chi4 every type
+    # gains)
     "well_choice_types": ["CYS", "PHE", "LEU", "ASN", "GLN", "TRP", "TYR"],
-    # neighbours (by side-chain centre) whose side chains and backbones the well choice scores against
+    # neighbours (by side-chain centre) whose side chains and backbones the seven-weight well
+    # choice scores against
     "well_choice_neighbours": 8,
+    # neighbours (by side-chain centre) whose atoms the well choice with contact counts scores
+    # against (repulsion and counts)
+    "well_choice_env_neighbours": 12,
+    # the further chis (chi2..chi4) of a side chain in each chi1 well of the well choice: 0, those
+    # the network chose for its own chi1; 1, the per-well head's for that well (``well_chi``)
+    # where the well is another than its own chi1's; 2, the per-well head's in every well
+    "well_choice_chi": 0,
     # after the rotamer choice: gradient steps in torsion space (chi1-chi4, bonds stay ideal) for
     # the side chains that still clash, against the same soft repulsion with a tether to where
     # they started; each step turns a chi by at most relax_max_step degrees, in all by at most
@@ -191,6 +206,39 @@ def _rotor_table():
     return rotors, steps
 
 
+# distance bins of the well choice's contact counts: ENV_BINS bins of ENV_BIN_WIDTH Å below
+# ENV_BIN_END Å (arithmetic, not a search: a bucketize cost 3 % of the whole function)
+ENV_BINS = 7
+ENV_BIN_WIDTH = 0.5
+ENV_BIN_END = 5.5
+WELL_FEATURES = 7 + 4 * ENV_BINS
+
+
+def _atom_classes():
+    """[NUM_RESTYPES + 1, NUM_HEAVY_SLOTS] 0 no atom, 1 apolar (C, S), 2 polar (N, O)."""
+    out = np.zeros((rc.NUM_RESTYPES + 1, rc.NUM_HEAVY_SLOTS), dtype=np.int64)
+    heavy = rc.heavy_mask_array()
+    for i, name in enumerate(rc.RESTYPES_3):
+        for j, atom in enumerate(rc.slot_names(name)[:rc.NUM_HEAVY_SLOTS]):
+            if atom and heavy[i, j] > 0:
+                out[i, j] = 2 if rc.element_of(atom) in ("N", "O") else 1
+    return out
+
+
+def _well_choice_table(weights) -> torch.Tensor:
+    """The well choice's weights as a table [NUM_RESTYPES + 1, F] (F: 0 = off, 7 or
+    ``WELL_FEATURES``): one list for every residue type, or ``{"*": [...], "LEU": [...], ...}``."""
+    if isinstance(weights, dict):
+        shared = [float(v) for v in weights["*"]]
+        rows = [[float(v) for v in weights.get(name, shared)] for name in rc.RESTYPES_3] + [shared]
+    else:
+        rows = [[float(v) for v in weights]] * (rc.NUM_RESTYPES + 1)
+    table = torch.tensor(rows, dtype=torch.float32).reshape(rc.NUM_RESTYPES + 1, -1)
+    if table.shape[1] not in (0, 7, WELL_FEATURES):
+        raise ValueError(f"well_choice takes 7 or {WELL_FEATURES} weights (or none), not {table.shape[1]}")
+    return table
+
+
 def _own_backbone_pairs():
     """[R, H, H] 1 for (side-chain atom beyond CB, own backbone N/C/O) pairs more than three bonds
     apart: the pairs the clash metric counts inside one residue."""
@@ -238,6 +286,7 @@ class Sampler(nn.Module):
         self.repack_sweeps = int(s["repack_sweeps"])
         self.repack_cutoff = float(s["repack_cutoff"])
         self.repack_penalty = float(s["repack_penalty"])
+        self.repack_well_penalty = float(s["repack_well_penalty"])
         self.repack_neighbours = int(s["repack_neighbours"])
         fraction = float(s["repack_fraction"])
         if not 0.0 < fraction <= 1.0:
@@ -301,14 +350,16 @@ class Sampler(nn.Module):
         if not bool(s["snap_chi2"]):
             snap_types[:, 1] = 0.0
         self.register_buffer("snap_types", snap_types)
-        self.register_buffer("well_choice", torch.tensor([float(v) for v in s["well_choice"]], dtype=torch.float32))
-        if self.well_choice.shape[0] not in (0, 7):
-            raise ValueError(f"well_choice takes 7 weights (or none), not {self.well_choice.shape[0]}")
+        self.register_buffer("well_choice", _well_choice_table(s["well_choice"]))
+        self.register_buffer("atom_class", torch.as_tensor(_atom_classes()))
+        self.well_choice_env_neighbours = int(s["well_choice_env_neighbours"])
+        self.env_bins, self.env_bin_width, self.env_bin_end = ENV_BINS, ENV_BIN_WIDTH, ENV_BIN_END
         choice_types = torch.zeros(rc.NUM_RESTYPES + 1)
         for name in s["well_choice_types"]:
             choice_types[rc.RESTYPE_INDEX[name]] = 1.0
         self.register_buffer("well_choice_types", choice_types * well_types()[:, 0])
         self.well_choice_neighbours = int(s["well_choice_neighbours"])
+        self.well_choice_chi = int(s["well_choice_chi"])
         self.stream_gate = float(s["stream_gate"])
         self.stream_max_turn = math.radians(float(s["stream_max_turn"]))
         self.stream_switch_penalty = float(s["stream_switch_penalty"])
@@ -331,8 +382,8 @@ class Sampler(nn.Module):
         bsz, n = ca.shape[0], ca.shape[1]
         m = bsz * samples
         given = ca.unsqueeze(1).expand(bsz, samples, n, 3).reshape(m, n, 3)
-        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells = self.trace_and_guess(
-            given, restype, segment, keep_ca, disulfides)
+        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells, well_chi = \
+            self.trace_and_guess(given, restype, segment, keep_ca, disulfides)
         guess_wells: Optional[torch.Tensor] = wells
         if not deterministic:
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, steps, samples, False)
@@ -341,7 +392,8 @@ class Sampler(nn.Module):
             angles = self.diffusion_angles(node, edge, rel, idx, valid, rt, mask, seeds, self.guess_ddim_steps,
                                            samples, True)
             guess_wells = None
-        atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, wells=guess_wells)
+        atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, wells=guess_wells,
+                                               well_chi=well_chi)
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
 
@@ -364,7 +416,7 @@ class Sampler(nn.Module):
             # has, and the discrete choices downstream would carry that into the atoms, so a
             # frame's atoms would depend on its batch (on a GPU the batch is kept whole: launching
             # one network per frame costs up to 15x the throughput)
-            outs: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+            outs: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
             for b in range(m):
                 outs.append(self.best_guess(node[b:b + 1], edge[b:b + 1], rel[b:b + 1], idx[b:b + 1],
                                             valid[b:b + 1], rt[b:b + 1], mask[b:b + 1], self.latent_mean,
@@ -372,17 +424,19 @@ class Sampler(nn.Module):
             angles = torch.cat([o[0] for o in outs], 0)
             expected_error = torch.cat([o[1] for o in outs], 0)
             wells = torch.cat([o[2] for o in outs], 0)
+            well_chi = torch.cat([o[3] for o in outs], 0)
         else:
-            angles, expected_error, wells = self.best_guess(node, edge, rel, idx, valid, rt, mask, self.latent_mean,
-                                                            self.latent_std, quality)
+            angles, expected_error, wells, well_chi = self.best_guess(node, edge, rel, idx, valid, rt, mask,
+                                                                      self.latent_mean, self.latent_std, quality)
         if self.snap_by_head:
             angles = self.snap_chi(angles, restype, wells)
-        return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells
+        return x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells, well_chi
 
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
                angles: torch.Tensor, turn_limit: Optional[torch.Tensor] = None,
                hold: Optional[torch.Tensor] = None, fresh: Optional[torch.Tensor] = None,
-               wells: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               wells: Optional[torch.Tensor] = None, well_chi: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
         turned by at most ``turn_limit`` [N] radians, unlimited when None; proline puckers kept
         with weight ``hold`` [N] Å, ``proline_hold`` when None), hydrogens.  ``fresh`` (a
@@ -390,7 +444,8 @@ class Sampler(nn.Module):
         the side chains held by ``turn_limit``, at a cost of ``stream_switch_penalty``: a kept
         rotamer that clashes in the new frame gives way.  ``wells`` (the best guess's well logits
         [M, N, 2, 3]) turn on the chi1 well choice (``well_choice``) for the side chains
-        ``turn_limit`` leaves free.
+        ``turn_limit`` leaves free, with ``well_chi`` (chi2..chi4 in each chi1 well [M, N, 3, 3, 2])
+        as ``well_choice_chi`` says.
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
@@ -399,8 +454,8 @@ class Sampler(nn.Module):
         angles = torch.where((limit > 3.9).view(1, n, 1, 1), self.snap_chi(angles, restype), angles)
         given = angles
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
-        if wells is not None and self.well_choice.shape[0] > 0 and n > 1:
-            angles, atoms = self.choose_wells(atoms, restype, angles, wells, limit > 3.9)
+        if wells is not None and self.well_choice.shape[1] > 0 and n > 1:
+            angles, atoms = self.choose_wells(atoms, restype, angles, wells, limit > 3.9, well_chi)
         if hold is None:
             hold = torch.full([n], self.pro_hold, device=x.device, dtype=x.dtype)
         angles, turned, plane_turned = self.close_prolines(atoms, restype, segment, angles, hold,
@@ -456,8 +511,8 @@ class Sampler(nn.Module):
         the last three are the state of the next call.
         """
         bsz, n = ca.shape[0], ca.shape[1]
-        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells = self.trace_and_guess(
-            ca, restype, segment, keep_ca, disulfides)
+        x, shift, node, edge, rel, idx, valid, rt, mask, angles, expected_error, wells, well_chi = \
+            self.trace_and_guess(ca, restype, segment, keep_ca, disulfides)
         a_idx, a_dist, prev_chi, have = anchor_idx, anchor_dist, prior_chi, has_prior
         outs: List[torch.Tensor] = []
         atom_mask = torch.zeros(n, self.tables.num_slots, device=ca.device, dtype=ca.dtype)
@@ -482,7 +537,7 @@ class Sampler(nn.Module):
                 a_idx, a_dist = nb, d_frame
             fresh = angles[b:b + 1] if have else None
             atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit, hold, fresh,
-                                                    wells[b:b + 1])
+                                                    wells[b:b + 1], well_chi[b:b + 1])
             outs.append(atoms_b)
             # the state keeps each residue's rotamer as it was when anchored, not this frame's:
             # the clash resolution and the relaxation may turn a kept side chain a little in every
@@ -734,33 +789,59 @@ class Sampler(nn.Module):
 
     # ------------------------------------------------------------------ chi1 wells
     def well_features(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor,
-                      wells: torch.Tensor, sel: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """What the chi1 well choice scores [M, T, 3, 7] for the residues ``sel`` [T], and their
-        side chains (atoms beyond CB) in each well [3, M, T, 9, 3]: for each
-        staggered chi1 well (60, 180, -60 degrees; the other chis as in ``angles``), the soft
-        repulsion of its side chain (atoms beyond CB) at cutoffs 3.0 and 3.6 Å with the side chains
-        of its neighbours as ``atoms`` [M, N, S, 3] has them (placed from ``angles``), their
-        backbones (N, CA, C, O, CB) and its own backbone, and the well head's log-probability."""
-        m, n = atoms.shape[0], atoms.shape[1]
+                      wells: torch.Tensor, sel: torch.Tensor, well_chi: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the chi1 well choice scores [M, T, 3, F] for the residues ``sel`` [T], their
+        side chains (atoms beyond CB) in each well [3, M, T, 9, 3] and their angles there
+        [3, M, T, A, 2]: for each staggered chi1 well (60, 180, -60 degrees; the further chis as
+        in ``angles``, or from ``well_chi`` as ``well_choice_chi`` says), the soft repulsion of its
+        side chain at cutoffs 3.0 and 3.6 Å with its neighbours' side chains as ``atoms``
+        [M, N, S, 3] has them (placed from ``angles``), their backbones (N, CA, C, O, CB) and its
+        own backbone, and the well head's log-probability (F = 7); with ``WELL_FEATURES``
+        weights, the contact counts of :meth:`contact_features` too."""
+        m = atoms.shape[0]
         t = sel.shape[0]
         h = self.num_heavy
-        kk = geo.at_most(self.well_choice_neighbours, max(n - 1, 1))
         heavy = atoms[:, :, :h]
-        bb = heavy[:, :, :5]
         rt = restype[sel]
         centre = self.side_chain_centres(heavy, restype)
-        # neighbours of every residue, then the rows of ``sel`` (a query of data-dependent size
-        # would leave torch.export a cdist it cannot trace)
-        nb = nearest_points(centre, centre, kk + 1)[:, sel, 1:]               # [M, T, K], self dropped
-        bb_idx = nearest_points(centre, atoms[:, :, 1], kk + 1)[:, sel]       # [M, T, K+1]
-        bb_keep = (bb_idx != sel.view(1, t, 1)).to(atoms.dtype)
         own = heavy[:, sel].contiguous()                                      # [M, T, H, 3]
         # the three wells in one placement: wells x frames as the batch
         a = angles[:, sel].unsqueeze(0).repeat(3, 1, 1, 1, 1)                # [3, M, T, A, 2]
         a[:, :, :, 4, :] = self.chi1_wells.view(3, 1, 1, 2).expand(3, m, t, 2)
+        if well_chi is not None and self.well_choice_chi > 0:
+            theirs = well_chi[:, sel].permute(2, 0, 1, 3, 4)                  # [3, M, T, 3, 2]
+            use = torch.ones(3, m, t, 1, 1, dtype=torch.bool, device=atoms.device)
+            if self.well_choice_chi == 1:  # the network's own chi1 well keeps its own further chis
+                own_well = _stable_argmin(-(angles[:, sel, 4].unsqueeze(2) * self.chi1_wells).sum(-1), -1)
+                use = (torch.arange(3, device=atoms.device).view(3, 1, 1) != own_well.unsqueeze(0)).view(3, m, t, 1, 1)
+            a[:, :, :, 5:8, :] = torch.where(use, theirs, a[:, :, :, 5:8, :])
         cand = self.tables.place_sidechains(own.unsqueeze(0).expand(3, m, t, h, 3).reshape(3 * m, t, h, 3), rt,
                                             a.reshape(3 * m, t, a.shape[3], 2), h, 0, -1)
         cand = cand.view(3, m, t, h, 3)[:, :, :, 5:]                          # [3, M, T, 9, 3]
+        head = torch.log_softmax(wells[:, sel, 0, :], -1).permute(2, 0, 1)   # [3, M, T]
+        if self.well_choice.shape[1] > 7:
+            out = self.contact_features(cand, heavy, centre, restype, sel, head)
+        else:
+            out = self.repulsion_features(cand, heavy, centre, restype, sel, head)
+        return out.permute(1, 2, 0, 3), cand, a                               # [M, T, 3, F], [3, M, T, 9, 3]
+
+    def repulsion_features(self, cand: torch.Tensor, heavy: torch.Tensor, centre: torch.Tensor,
+                           restype: torch.Tensor, sel: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """[3, M, T, 7] the seven features of :meth:`well_features` (neighbours' side chains:
+        the ``well_choice_neighbours`` nearest by side-chain centre; backbones: that many + 1
+        nearest by CA)."""
+        m, n, h = heavy.shape[0], heavy.shape[1], self.num_heavy
+        t = sel.shape[0]
+        kk = geo.at_most(self.well_choice_neighbours, max(n - 1, 1))
+        bb = heavy[:, :, :5]
+        rt = restype[sel]
+        own = heavy[:, sel]
+        # neighbours of every residue, then the rows of ``sel`` (a query of data-dependent size
+        # would leave torch.export a cdist it cannot trace)
+        nb = nearest_points(centre, centre, kk + 1)[:, sel, 1:]               # [M, T, K], self dropped
+        bb_idx = nearest_points(centre, heavy[:, :, 1], kk + 1)[:, sel]       # [M, T, K+1]
+        bb_keep = (bb_idx != sel.view(1, t, 1)).to(heavy.dtype)
         w_sc = self.sc_heavy[rt][:, 5:].unsqueeze(0).expand(m, t, h - 5)          # [M, T, 9]
         nb_sc = gather_residues(heavy[:, :, 5:], nb).reshape(m, t, kk * (h - 5), 3)
         w_nb = self.sc_heavy[restype[nb]][..., 5:].reshape(m, t, kk * (h - 5))
@@ -777,11 +858,64 @@ class Sampler(nn.Module):
             feats.append((torch.relu(cutoff - d_sc) ** 2 * w_sc_pair * w_nb.view(1, m, t, 1, -1)).sum((3, 4)))
             feats.append((torch.relu(cutoff - d_bb) ** 2 * w_sc_pair * w_bb.view(1, m, t, 1, -1)).sum((3, 4)))
             feats.append((torch.relu(cutoff - d_own) ** 2 * w_own.unsqueeze(0)).sum((3, 4)))
-        feats.append(torch.log_softmax(wells[:, sel, 0, :], -1).permute(2, 0, 1))   # [3, M, T]
-        return torch.stack(feats, -1).permute(1, 2, 0, 3), cand               # [M, T, 3, 7], [3, M, T, 9, 3]
+        feats.append(head)
+        return torch.stack(feats, -1)
+
+    def contact_features(self, cand: torch.Tensor, heavy: torch.Tensor, centre: torch.Tensor,
+                         restype: torch.Tensor, sel: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """[3, M, T, WELL_FEATURES] the seven features of :meth:`well_features` (every neighbour
+        one of the ``well_choice_env_neighbours`` nearest by side-chain centre), then the
+        contact counts: atom pairs between the side chain in each well (``cand``
+        [3, M, T, 9, 3]) and its surroundings (every heavy atom of those neighbours, and its own
+        N, CA, C, O) in each distance bin (``ENV_BINS`` bins of ``ENV_BIN_WIDTH`` Å below
+        ``ENV_BIN_END`` Å, the first open below), apolar (C, S) or polar (N, O) on
+        either side: what a rotamer library's packing, burial and hydrogen-bond terms read.
+        Only the side-chain atoms a residue has are measured (the table pads them to 9)."""
+        m, n, h = heavy.shape[0], heavy.shape[1], self.num_heavy
+        t = sel.shape[0]
+        ke = geo.at_most(self.well_choice_env_neighbours, max(n - 1, 1))
+        nb = nearest_points(centre, centre, ke + 1)[:, sel, 1:]               # [M, T, Ke]
+        rt = restype[sel]
+        own_class = self.atom_class[rt][:, 5:h]                               # [T, 9]
+        atom = torch.nonzero(own_class > 0)                                   # [A, 2] (residue, slot)
+        res, slot = atom[:, 0], atom[:, 1]
+        x = cand[:, :, res, slot]                                             # [3, M, A, 3]
+        # surroundings: the neighbours' heavy atoms, then the own backbone (N, CA, C, O, CB)
+        env = torch.cat([gather_residues(heavy, nb).reshape(m, t, ke * h, 3), heavy[:, sel, :5]], 2)[:, res]
+        env_class = torch.cat([self.atom_class[restype[nb]].reshape(m, t, ke * h),
+                               self.atom_class[rt][:, :5].unsqueeze(0).expand(m, t, 5)], 2)[:, res]   # [M, A, P]
+        p, na = env.shape[2], res.shape[0]
+        d = torch.sqrt(((x.unsqueeze(3) - env.unsqueeze(0)) ** 2).sum(-1) + 1e-12)                   # [3, M, A, P]
+        col = torch.arange(p, device=d.device)
+        is_own = col >= ke * h
+        is_bb = (col % h) < 5
+        there = (env_class > 0).to(d.dtype)                                   # [M, A, P]
+        w_own = torch.cat([torch.zeros(na, ke * h, device=d.device, dtype=d.dtype),
+                           self.own_backbone_pairs[rt[res], slot]], 1)         # [A, P]
+        # each pair's weight in the three repulsions [M, A, P, 3]: the neighbours' side chains,
+        # their backbones, the own backbone; both cutoffs and all wells in one product
+        w = torch.stack([there * (~is_bb & ~is_own).to(d.dtype), there * (is_bb & ~is_own).to(d.dtype),
+                         w_own.unsqueeze(0).expand(m, na, p)], -1)
+        rep = torch.stack([torch.relu(3.0 - d), torch.relu(3.6 - d)], 0) ** 2                         # [2, 3, M, A, P]
+        per_atom = torch.matmul(rep.reshape(6, m, na, 1, p), w.unsqueeze(0)).reshape(6, m, na, 3)
+        per_res = torch.zeros(6, m, t, 3, device=d.device, dtype=d.dtype).index_add_(2, res, per_atom)
+        repulsion = per_res.view(2, 3, m, t, 3).permute(1, 2, 3, 0, 4).reshape(3, m, t, 6)
+        # contact counts; a pair's class is 0-3 (apolar/polar on either side), 4 where nothing is
+        # counted (no atom in that slot; the own CB, which never moves); bin nbins is "too far"
+        nbins = self.env_bins
+        bucket = torch.clamp(torch.floor((d - self.env_bin_end) / self.env_bin_width) + nbins, 0.0,
+                             float(nbins)).to(torch.long)
+        a_class = own_class[res, slot]                                        # [A]
+        pair = torch.where((env_class > 0) & (col < ke * h + 4).view(1, 1, p),
+                           (a_class.view(1, na, 1) - 1) * 2 + env_class - 1, torch.full_like(env_class, 4))
+        index = ((res.view(1, na, 1) * 5 + pair) * (nbins + 1)).unsqueeze(0) + bucket                  # [3, M, A, P]
+        counts = torch.zeros(3, m, t * 5 * (nbins + 1), device=d.device, dtype=d.dtype)
+        counts.scatter_add_(2, index.reshape(3, m, -1), torch.ones_like(d).reshape(3, m, -1))
+        counts = counts.view(3, m, t, 5, nbins + 1)[:, :, :, :4, :nbins].reshape(3, m, t, 4 * nbins)
+        return torch.cat([repulsion, head.unsqueeze(-1), counts], -1)
 
     def choose_wells(self, atoms: torch.Tensor, restype: torch.Tensor, angles: torch.Tensor, wells: torch.Tensor,
-                     free: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                     free: torch.Tensor, well_chi: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Chi1 of the side chains of ``well_choice_types`` that ``free`` [N] leaves free set to
         the well that ``well_choice`` scores best (:meth:`well_features`); returns the angles and
         ``atoms`` with those side chains' heavy atoms moved into their wells (the rotamer choice
@@ -789,11 +923,12 @@ class Sampler(nn.Module):
         sel = torch.nonzero((self.well_choice_types[restype] > 0) & free).squeeze(1)   # [T]
         if not geo.exporting() and sel.shape[0] == 0:
             return angles, atoms
-        feats, cand = self.well_features(atoms, restype, angles, wells, sel)
-        best = _stable_argmin(-(feats * self.well_choice).sum(-1), -1)       # [M, T]
+        feats, cand, cand_angles = self.well_features(atoms, restype, angles, wells, sel, well_chi)
+        weights = self.well_choice[restype[sel]]                              # [T, F]
+        best = _stable_argmin(-(feats * weights.unsqueeze(1)).sum(-1), -1)   # [M, T]
         m, t = best.shape[0], best.shape[1]
-        chosen = angles[:, sel].clone()
-        chosen[..., 4, :] = self.chi1_wells[best]
+        na = cand_angles.shape[3]
+        chosen = torch.gather(cand_angles, 0, best.view(1, m, t, 1, 1).expand(1, m, t, na, 2))[0]   # [M, T, A, 2]
         h = self.num_heavy
         placed = torch.gather(cand, 0, best.view(1, m, t, 1, 1).expand(1, m, t, h - 5, 3))[0]   # [M, T, 9, 3]
         own = atoms[:, sel].clone()
@@ -834,6 +969,8 @@ class Sampler(nn.Module):
         bb_keep = (bb_idx != pos).to(atoms.dtype)
         pen = torch.full([ncand], self.repack_penalty, device=atoms.device, dtype=atoms.dtype)
         pen[0] = 0.0
+        pen[:self.repack_offsets.shape[0]] += self.repack_well_penalty * \
+            (self.repack_offsets[:, 0].abs() > math.radians(59.0)).to(atoms.dtype)
         # [C, N]: turns larger than a residue's turn_limit are not offered (a coherent stream
         # keeps its rotamers)
         noff = self.repack_offsets.shape[0]
@@ -844,8 +981,9 @@ class Sampler(nn.Module):
             pen = torch.cat([pen, torch.where(held, torch.full_like(turn_limit, self.stream_switch_penalty),
                                               torch.full_like(turn_limit, 1e9)).view(1, n)], 0)
         movable = (~fixed).to(atoms.dtype)
-        # ceil(n * fraction); the exported program needs two residues in each of the three rounds
-        n_active = geo.run_time_size((n * self.repack_millionths + 999_999) // 1_000_000, 6, n)
+        # ceil(n * fraction), but at least six (or all): the exported program needs two residues in
+        # each of the three rounds, and a small protein's few clashes are all worth a look
+        n_active = geo.run_time_size(min(max((n * self.repack_millionths + 999_999) // 1_000_000, 6), n), 6, n)
         choice = torch.zeros(m, n, dtype=torch.long, device=atoms.device)
         rows = torch.arange(m, device=atoms.device).view(m, 1)
         everyone = pos.view(1, n).expand(m, n)
@@ -1097,11 +1235,7 @@ class BestGuessProgram(nn.Module):
 
     def min_residues(self) -> int:
         """The fewest residues the exported program takes: every neighbour count of the settings
-        fits in the chain, cdist takes its matrix-product form (more than 25 points) and each of
-        the three rounds of the rotamer choice has at least two residues."""
+        fits in the chain and cdist takes its matrix-product form (more than 25 points)."""
         s = self.sampler
-        need = max(26, s.graph.k, s.repack_neighbours + 1, s.relax_neighbours + 1, s.hydrogen_neighbours + 1)
-        n = need
-        while (n * s.repack_millionths + 999_999) // 1_000_000 < 6:
-            n += 1
-        return n
+        return max(26, s.graph.k, s.repack_neighbours + 1, s.relax_neighbours + 1, s.hydrogen_neighbours + 1,
+                   s.well_choice_env_neighbours + 1)
