@@ -1063,20 +1063,23 @@ class Sampler(nn.Module):
         c = cand.shape[0]
         if not geo.exporting() and c == 0:
             return angles
-        # the screen: every side-chain atom beyond CB against its neighbours' heavy atoms and its
-        # own backbone (pairs more than three bonds apart)
+        # the screen: every side-chain atom beyond CB (only the atoms a residue has: the table
+        # pads them to 9) against its neighbours' heavy atoms and its own backbone (pairs more than
+        # three bonds apart)
         nb_c = nb[:, cand]
-        sc = heavy[:, cand, 5:]                                                # [M, C, 9, 3]
-        other = torch.cat([gather_residues(heavy, nb_c).reshape(m, c, kk * h, 3), heavy[:, cand, :5]], 2)
-        w_o = (self.sc_heavy + self.bb_heavy)[restype[nb_c]].reshape(m, c, kk * h)
-        w = torch.cat([self.sc_heavy[restype[cand]][:, 5:].view(1, c, 9, 1) * w_o.unsqueeze(2),
-                       self.own_backbone_pairs[restype[cand]].unsqueeze(0).expand(m, c, 9, 5)], 3)
-        origin = sc[:, :, :1]
+        atom = torch.nonzero(self.sc_heavy[restype[cand]][:, 5:] > 0)         # [A, 2] (candidate, slot - 5)
+        ar, asl = atom[:, 0], atom[:, 1]
+        other = torch.cat([gather_residues(heavy, nb_c).reshape(m, c, kk * h, 3), heavy[:, cand, :5]], 2)[:, ar]
+        w_o = (self.sc_heavy + self.bb_heavy)[restype[nb_c]].reshape(m, c, kk * h)[:, ar]
+        w = torch.cat([w_o, self.own_backbone_pairs[restype[cand[ar]], asl].unsqueeze(0).expand(m, ar.shape[0], 5)],
+                      2)                                                      # [M, A, O]
+        origin = heavy[:, cand[ar], 5].unsqueeze(2)                           # the residue's first atom beyond CB
         # differences, not cdist: exact, and defined for any number of candidates (torch.export)
-        v0 = (sc - origin).unsqueeze(3) - (other - origin).unsqueeze(2)
-        d0 = torch.sqrt((v0 * v0).sum(-1))                                    # [M, C, 9, O]
+        v0 = (heavy[:, cand[ar], 5 + asl].unsqueeze(2) - origin) - (other - origin)
+        d0 = torch.sqrt((v0 * v0).sum(-1))                                    # [M, A, O]
         over0 = torch.relu(self.repack_cutoff - d0) * w
-        act_frame = (over0 * over0).sum((2, 3)) > self.relax_min_energy      # [M, C]
+        act_frame = torch.zeros(m, c, device=atoms.device, dtype=atoms.dtype).index_add_(
+            1, ar, (over0 * over0).sum(-1)) > self.relax_min_energy          # [M, C]
         keep = act_frame.any(0)
         if not geo.exporting() and not bool(keep.any()):
             return angles
@@ -1084,14 +1087,16 @@ class Sampler(nn.Module):
         a = act.shape[0]
         at_of = torch.cumsum(keep.to(torch.long), 0) - 1                      # candidate -> row in act
         # pairs that can come within the cutoff while the chis turn (tips move up to ~3 Å)
-        near = (d0 < self.repack_cutoff + self.relax_margin) & (w > 0) & act_frame.view(m, c, 1, 1)
-        pr = torch.nonzero(near)                                               # [P, 4] frame, cand, atom, other
-        pm, pa, ps, pb = pr[:, 0], at_of[pr[:, 1]], pr[:, 2] + 5, pr[:, 3]
+        near = (d0 < self.repack_cutoff + self.relax_margin) & (w > 0) & act_frame[:, ar].unsqueeze(-1)
+        pr = torch.nonzero(near)                                               # [P, 3] frame, atom, other
+        pm, pat, pb = pr[:, 0], pr[:, 1], pr[:, 2]
+        pc = ar[pat]                                                           # its candidate
+        pa, ps = at_of[pc], asl[pat] + 5
         in_nb = pb < kk * h
         kq = torch.div(pb, h, rounding_mode="floor").clamp(max=kk - 1)
-        p_res = torch.where(in_nb, nb_c[pm, pr[:, 1], kq], cand[pr[:, 1]])
+        p_res = torch.where(in_nb, nb_c[pm, pc, kq], cand[pc])
         p_slot = torch.where(in_nb, pb % h, pb - kk * h)
-        pw = w[pm, pr[:, 1], pr[:, 2], pb]
+        pw = w[pm, pat, pb]
         on = act_frame[:, keep].to(atoms.dtype)                               # [M, A]
         rt = restype[act]
         chi_on = self.chi_exists[rt].unsqueeze(0) * on.unsqueeze(-1)         # [M, A, 4]
