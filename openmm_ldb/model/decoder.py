@@ -43,10 +43,22 @@ class Decoder(nn.Module):
         chi1/chi2 well logits [B, N, 2, 3] and chi2..chi4 for each chi1 well [B, N, 3, 3, 2]
         (unit (cos, sin); ``hidden``: an upstream network's per-residue hidden states, read
         through ``skip``)."""
-        h = self.trunk(node, edge, rel, idx, valid, restype, mask, zq, None,
-                       None if hidden is None else self.skip(hidden))
+        h = self.hidden_states(node, edge, rel, idx, valid, restype, mask, zq, hidden)
         raw = self.out(h).view(h.shape[0], h.shape[1], geo.NUM_ANGLES, 2)
         err = torch.nn.functional.softplus(self.error_head(h).squeeze(-1))
-        wells = self.well_head(h).view(h.shape[0], h.shape[1], 2, 3)
-        well_chi = geo.normalize(self.well_chi_head(h).view(h.shape[0], h.shape[1], 3, 3, 2))
+        wells, well_chi = self.well_heads(h)
         return geo.normalize(raw), err, wells, well_chi
+
+    @torch.jit.export
+    def hidden_states(self, node, edge, rel, idx, valid, restype, mask, zq,
+                      hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The trunk's last per-residue hidden states [B, N, H], which every head reads."""
+        return self.trunk(node, edge, rel, idx, valid, restype, mask, zq, None,
+                          None if hidden is None else self.skip(hidden))
+
+    @torch.jit.export
+    def well_heads(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The chi1/chi2 well logits [B, N, 2, 3] and chi2..chi4 for each chi1 well
+        [B, N, 3, 3, 2] (unit (cos, sin)) read from hidden states ``h`` [B, N, H]."""
+        wells = self.well_head(h).view(h.shape[0], h.shape[1], 2, 3)
+        return wells, geo.normalize(self.well_chi_head(h).view(h.shape[0], h.shape[1], 3, 3, 2))

@@ -94,9 +94,7 @@ class LDBModel(nn.Module):
             with torch.no_grad():
                 hidden = guess.hidden(node, edge, rel, idx, valid, restype, mask, self.latent_mean, self.latent_std,
                                       quality)
-            dec = self.guess_decoder
-            wells = dec.well_head(hidden).view(hidden.shape[0], hidden.shape[1], 2, 3)
-            well_chi = geo.normalize(dec.well_chi_head(hidden).view(hidden.shape[0], hidden.shape[1], 3, 3, 2))
+            wells, well_chi = self.guess_decoder.well_heads(hidden)
             out["wells"] = well_loss(wells, angles, angle_mask, restype)
             out["well_chi"] = well_chi_loss(well_chi, angles, angle_mask, restype, self.tables)
             out["loss"] = out["wells"] + out["well_chi"]
@@ -258,24 +256,24 @@ class BestGuess(nn.Module):
         """Angles [B, N, NUM_ANGLES, 2], expected side-chain error [B, N] (Å), chi1/chi2 well
         logits [B, N, 2, 3] and chi2..chi4 for each chi1 well [B, N, 3, 3, 2] (``quality``
         [B, N, 2]: :func:`features.trace_quality` of the trace as given)."""
+        latent, hidden = self.latent(node, edge, rel, idx, valid, restype, mask, latent_mean, latent_std, quality)
+        return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask, latent, hidden)
+
+    def latent(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor, latent_std: torch.Tensor,
+               quality: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's clean latent (un-z-scored) and its hidden states, from zero at t = 1."""
         shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
         z = torch.zeros(shape, device=node.device, dtype=node.dtype)
         t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
         latent, hidden = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t, quality)
-        return self.decoder.angles_and_error(node, edge, rel, idx, valid, restype, mask,
-                                             latent * latent_std + latent_mean, hidden)
+        return latent * latent_std + latent_mean, hidden
 
     @torch.jit.ignore
     def hidden(self, node, edge, rel, idx, valid, restype, mask, latent_mean: torch.Tensor,
                latent_std: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden states [B, N, H], which its heads read."""
-        shape = [node.shape[0], node.shape[1], latent_mean.shape[0]]
-        z = torch.zeros(shape, device=node.device, dtype=node.dtype)
-        t = torch.ones(shape[0], device=node.device, dtype=node.dtype)
-        latent, h = self.denoiser.latent_and_hidden(node, edge, rel, idx, valid, restype, mask, z, t, quality)
-        dec = self.decoder
-        return dec.trunk(node, edge, rel, idx, valid, restype, mask, latent * latent_std + latent_mean, None,
-                         dec.skip(h))
+        latent, h = self.latent(node, edge, rel, idx, valid, restype, mask, latent_mean, latent_std, quality)
+        return self.decoder.hidden_states(node, edge, rel, idx, valid, restype, mask, latent, h)
 
 
 def clash_loss(built: torch.Tensor, restype: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
@@ -346,13 +344,18 @@ def well_types() -> torch.Tensor:
     return t
 
 
+def true_wells(true: torch.Tensor) -> torch.Tensor:
+    """[B, N, 2] the staggered well (index into ``WELLS_DEG``) nearest chi1 and chi2 of
+    ``true`` [B, N, NUM_ANGLES, 2] (unit (cos, sin))."""
+    w = torch.tensor(WELLS_DEG, device=true.device, dtype=true.dtype) * (math.pi / 180.0)
+    chi = true[:, :, geo.CHI0:geo.CHI0 + 2]                                   # [B, N, 2, 2]
+    return (chi[..., 0:1] * torch.cos(w) + chi[..., 1:2] * torch.sin(w)).argmax(-1)
+
+
 def well_loss(logits: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, restype: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the chi1/chi2 well logits [B, N, 2, 3] against the well nearest the true
     chi (``true`` [B, N, NUM_ANGLES, 2] unit (cos, sin), ``mask`` [B, N, NUM_ANGLES])."""
-    w = torch.tensor(WELLS_DEG, device=logits.device) * (math.pi / 180.0)
-    chi = true[:, :, geo.CHI0:geo.CHI0 + 2]                                   # [B, N, 2, 2]
-    score = chi[..., 0:1] * torch.cos(w) + chi[..., 1:2] * torch.sin(w)      # [B, N, 2, 3]
-    target = score.argmax(-1)
+    target = true_wells(true)
     m = mask[:, :, geo.CHI0:geo.CHI0 + 2] * well_types().to(logits.device)[restype]
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), target.reshape(-1), reduction="none")
     return (ce * m.reshape(-1)).sum() / m.sum().clamp(min=1.0)
@@ -362,9 +365,7 @@ def well_chi_loss(well_chi: torch.Tensor, true: torch.Tensor, mask: torch.Tensor
                   tables: geo.GeometryTables) -> torch.Tensor:
     """Angle loss of chi2..chi4 [B, N, 3, 3, 2] read in the true chi1's well (the wells where
     chi1 is not a target are not scored)."""
-    w = torch.tensor(WELLS_DEG, device=true.device, dtype=true.dtype) * (math.pi / 180.0)
-    chi1 = true[:, :, geo.CHI0]                                                 # [B, N, 2]
-    target = (chi1[..., 0:1] * torch.cos(w) + chi1[..., 1:2] * torch.sin(w)).argmax(-1)
+    target = true_wells(true)[..., 0]
     b, n = target.shape
     pred = torch.gather(well_chi, 2, target.view(b, n, 1, 1, 1).expand(b, n, 1, 3, 2)).squeeze(2)  # [B, N, 3, 2]
     m = mask[:, :, geo.CHI0 + 1:] * mask[:, :, geo.CHI0:geo.CHI0 + 1] * (well_types().to(true.device)[restype, :1])

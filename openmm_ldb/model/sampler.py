@@ -182,8 +182,6 @@ def _rotor_table():
     """[R, 2, 5] slots (axis atom, parent, up to three hydrogens; -1 absent) of each residue
     type's rotatable hydrogen groups, and [R, 2] their turning step (60 degrees for three
     hydrogens, 120 for one; 0 where there is no group)."""
-    import numpy as np
-
     rotors = np.full((rc.NUM_RESTYPES, 2, 5), -1, dtype=np.int64)
     steps = np.zeros((rc.NUM_RESTYPES, 2), dtype=np.float32)
     for r, name in enumerate(rc.RESTYPES_3):
@@ -242,8 +240,6 @@ def _well_choice_table(weights) -> torch.Tensor:
 def _own_backbone_pairs():
     """[R, H, H] 1 for (side-chain atom beyond CB, own backbone N/C/O) pairs more than three bonds
     apart: the pairs the clash metric counts inside one residue."""
-    import numpy as np
-
     h = rc.NUM_HEAVY_SLOTS
     out = np.zeros((rc.NUM_RESTYPES, h, h), dtype=np.float32)
     for r, name in enumerate(rc.RESTYPES_3):
@@ -285,8 +281,6 @@ class Sampler(nn.Module):
         self.min_ca_i2 = float(s["min_ca_i2"])
         self.repack_sweeps = int(s["repack_sweeps"])
         self.repack_cutoff = float(s["repack_cutoff"])
-        self.repack_penalty = float(s["repack_penalty"])
-        self.repack_well_penalty = float(s["repack_well_penalty"])
         self.repack_neighbours = int(s["repack_neighbours"])
         fraction = float(s["repack_fraction"])
         if not 0.0 < fraction <= 1.0:
@@ -296,6 +290,12 @@ class Sampler(nn.Module):
         self._settings = s
         self.register_buffer("repack_offsets", torch.tensor(s["repack_offsets"], dtype=torch.float32) *
                              (math.pi / 180.0))
+        # each offset's penalty: none for the decoder's own angles, repack_penalty for a turn, and
+        # repack_well_penalty more for a turn of chi1 into another well
+        offset_penalty = torch.full([self.repack_offsets.shape[0]], float(s["repack_penalty"]))
+        offset_penalty[0] = 0.0
+        offset_penalty += float(s["repack_well_penalty"]) * (self.repack_offsets[:, 0].abs() > math.radians(59.0)).float()
+        self.register_buffer("repack_offset_penalty", offset_penalty)
         heavy = torch.as_tensor(rc.heavy_mask_array())
         sc = heavy.clone()
         sc[:, :5] = 0.0                                   # N, CA, C, O, CB never move with chi
@@ -967,15 +967,12 @@ class Sampler(nn.Module):
         nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K], self dropped
         bb_idx = nearest_points(centre, atoms[:, :, 1], kk + 1)               # [M, N, K+1]
         bb_keep = (bb_idx != pos).to(atoms.dtype)
-        pen = torch.full([ncand], self.repack_penalty, device=atoms.device, dtype=atoms.dtype)
-        pen[0] = 0.0
-        pen[:self.repack_offsets.shape[0]] += self.repack_well_penalty * \
-            (self.repack_offsets[:, 0].abs() > math.radians(59.0)).to(atoms.dtype)
         # [C, N]: turns larger than a residue's turn_limit are not offered (a coherent stream
         # keeps its rotamers)
         noff = self.repack_offsets.shape[0]
         pen = torch.where(self.repack_offsets.abs().amax(-1).view(noff, 1) > turn_limit.view(1, n) + 1e-6,
-                          torch.full([noff, n], 1e9, device=atoms.device, dtype=atoms.dtype), pen[:noff].view(noff, 1))
+                          torch.full([noff, n], 1e9, device=atoms.device, dtype=atoms.dtype),
+                          self.repack_offset_penalty.to(atoms.dtype).view(noff, 1))
         if fresh is not None:
             held = turn_limit < 3.9
             pen = torch.cat([pen, torch.where(held, torch.full_like(turn_limit, self.stream_switch_penalty),
