@@ -5,6 +5,7 @@ The one place where OpenMM units meet the model's Å tensors.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import torch
 
 from . import residues as rc
 from .export import load_model
+from .metrics import FrameCheck
 from .topology import (
     OPTION_NAMES,
     AllAtomLayout,
@@ -121,6 +123,12 @@ class BackmapPlan:
     def topology(self):
         return self.layout.topology
 
+    @functools.cached_property
+    def frame_check(self) -> FrameCheck:
+        """Clash, bond and GED check of this plan's heavy atoms (:class:`openmm_ldb.metrics.FrameCheck`),
+        built on first use and kept: every frame of the plan shares its bond graph."""
+        return FrameCheck.from_layout(self.layout, self.mapping.restype, self.segment, self.disulfides)
+
 
 class Backmapper:
     """Backmap Cα coarse-grained structures to all-atom proteins with an LDB model.
@@ -184,10 +192,13 @@ class Backmapper:
             The reference frame's periodic box (default: the System's default box when periodic).
         system : openmm.System, optional
             The CG System (``simulation.system``): its bonds say which residues are bonded and
-            which particles form a molecule.  Without it the Topology's bonds are used, and only
-            where neither gives bonds the distance rule (Cα–Cα > ``chain_break``).
+            which particles form a molecule.  Without it the Topology's bonds are used; where
+            neither gives bonds, the residue numbering (a jump in the numbers is a chain break),
+            and only for chains without usable numbers the distance rule (Cα–Cα >
+            ``chain_break``).  Splits the input does not state are reported as warnings.
         chain_break : length (Quantity or nm), optional
-            Threshold of the distance rule (default 0.45 nm).
+            Decide chains without System or Topology bonds by the distance rule at this threshold
+            instead of by their numbering (default: the numbering; 0.65 nm for unnumbered chains).
         entry_point : str
             'python', 'reporter' or 'cli': how error messages spell the options.
 
@@ -270,18 +281,52 @@ class Backmapper:
     # ------------------------------------------------------------------ sampling
     def sample(self, plan: BackmapPlan, positions, n_samples: int = 1, seed: int | None = None,
                deterministic: bool | None = None, box_vectors=None, seeds=None, keep_ca: bool = False,
-               info: dict | None = None, stream_state: dict | None = None) -> np.ndarray:
+               info: dict | None = None, stream_state: dict | None = None, *, frame_checks: bool = True) -> np.ndarray:
         """All-atom positions [frames, samples, n_atoms, 3] in Å for CG ``positions``.
 
-        Frame f is sampled with ``seeds[f]`` (default ``seed + f``): the same frame and seed give
-        the same atoms whatever the batch.  ``keep_ca`` keeps every Cα exactly as given (bonds may
-        then stretch on infeasible CG traces).  A dict passed as ``info`` receives ``ca_shift``
-        [frames, samples] (Å), the largest Cα move per frame, and ``expected_error`` [frames,
-        samples, residues] (Å), each residue's expected side-chain error (its confidence).
+        Parameters
+        ----------
+        plan : BackmapPlan
+        positions : Quantity or array (nm), (n_particles, 3) or (frames, n_particles, 3)
+        n_samples : int
+            Structures per frame.
+        seed : int, optional
+            Frame f is sampled with ``seeds[f]`` (default ``seed + f``): the same frame and seed
+            give the same atoms whatever the batch.
+        deterministic : bool, optional
+            The best guess (default: one sample and neither seed nor seeds).
+        box_vectors : Quantity or array (nm), (3, 3) or (frames, 3, 3), optional
+        seeds : array_like of int, optional
+            One seed per frame.
+        keep_ca : bool
+            Keep every Cα exactly as given (bonds may then stretch on infeasible CG traces).
+        info : dict, optional
+            Receives per-frame figures, arrays of shape [frames, samples] unless noted:
 
-        ``stream_state`` (a dict the caller keeps, empty at the start of a trajectory) makes the
-        best guess coherent in time: the frames are taken as consecutive, and residues whose
-        neighbourhood barely moved keep the previous frame's rotamers (the model's ``stream``).
+            * ``ca_shift`` (Å): the largest Cα move of the structure;
+            * ``expected_error`` [frames, samples, residues] (Å): each residue's expected
+              side-chain error (its confidence);
+            * ``clashes_per_1000``: heavy-atom pairs closer than 2.2 Å and more than three bonds
+              apart, per 1000 heavy atoms;
+            * ``bad_bonds``: bonds off their ideal length by 0.1 Å or more, and
+              ``bond_validity``, the fraction of bonds within it;
+            * ``ged``: bonds added (atoms within covalent reach) plus bonds broken.
+
+            The last four are those of :func:`openmm_ldb.metrics.chain_metrics` (the structure
+            against itself), from the plan's :attr:`BackmapPlan.frame_check`; they cost a
+            neighbour search per structure and are computed only when ``info`` is given.
+        stream_state : dict, optional
+            A dict the caller keeps, empty at the start of a trajectory: makes the best guess
+            coherent in time.  The frames are taken as consecutive, and residues whose
+            neighbourhood barely moved keep the previous frame's rotamers (the model's ``stream``).
+        frame_checks : bool
+            False leaves the four check figures out of ``info`` (:meth:`stream` scores what it
+            yields instead, after any refinement).
+
+        Returns
+        -------
+        numpy.ndarray
+            [frames, samples, n_atoms, 3], Å, in the order of ``plan.topology``.
         """
         ca = self._ca_frames(plan.mapping, positions, box_vectors)
         if deterministic is None:
@@ -299,7 +344,8 @@ class Backmapper:
         segment = torch.as_tensor(plan.segment, device=self.device)
         pairs = torch.as_tensor(np.asarray(plan.disulfides, dtype=np.int64).reshape(-1, 2), device=self.device)
         steps = self.steps or SAMPLING_STEPS
-        out, shifts, errors = [], [], []
+        out, shifts, errors, slots = [], [], [], []
+        check = info is not None and frame_checks
         coherent = stream_state is not None and deterministic and n_samples == 1
         with self._lock, torch.no_grad():
             for start in range(0, ca.shape[0], frames_per_call):
@@ -315,15 +361,21 @@ class Backmapper:
                 else:
                     atoms, _, shift, error = self.module(chunk, restype, segment, pairs, frame_seeds, steps,
                                                          int(n_samples), bool(deterministic), bool(keep_ca))
-                out.append(plan.layout.positions_from_slots(atoms.cpu().numpy()))
+                atoms = atoms.cpu().numpy()
+                out.append(plan.layout.positions_from_slots(atoms))
                 shifts.append(shift.cpu().numpy())
                 errors.append(error.cpu().numpy())
-        if info is not None:
-            info["ca_shift"] = np.concatenate(shifts, axis=0)
-            info["expected_error"] = np.concatenate(errors, axis=0)
+                if check:
+                    slots.append(atoms)
         result = np.concatenate(out, axis=0)
         if not np.isfinite(result).all():
             raise FloatingPointError("the model produced non-finite coordinates")
+        if info is not None:
+            info["ca_shift"] = np.concatenate(shifts, axis=0)
+            info["expected_error"] = np.concatenate(errors, axis=0)
+        if check:  # outside the lock: other threads may use the model meanwhile
+            figures = plan.frame_check(np.concatenate(slots, axis=0))
+            info.update({k: figures[k] for k in ("clashes_per_1000", "bad_bonds", "bond_validity", "ged")})
         return result
 
     def backmap(self, cg_topology, positions, n_samples: int = 1, seed: int | None = None, hydrogens: bool = True,
@@ -378,7 +430,7 @@ class Backmapper:
     # ------------------------------------------------------------------ streaming
     def stream(self, plan: BackmapPlan, frames, n_samples: int = 1, seed: int | None = None, batch_size: int = 8,
                refiner=None, deterministic: bool | None = None, start_index: int = 0, coherent: bool = True,
-               **sample_options):
+               check: bool = False, **sample_options):
         """Backmap a stream of CG frames: the one pipeline of the reporters, snapshots and CLI.
 
         Parameters
@@ -409,6 +461,10 @@ class Backmapper:
             neighbourhood barely moves (``stream_state`` of :meth:`sample`), so the stream does
             not flicker between rotamers; False backmaps every frame on its own.  The atoms do
             not depend on the batching either way.
+        check : bool
+            Score every yielded structure (after the refiner, if any) with the plan's
+            :attr:`BackmapPlan.frame_check`: each frame's ``check`` holds ``clashes_per_1000``,
+            ``bad_bonds``, ``bond_validity`` and ``ged`` per sample (as :meth:`sample`'s ``info``).
         **sample_options
             Passed on to :meth:`sample` (e.g. ``keep_ca``).
 
@@ -417,7 +473,8 @@ class Backmapper:
         AAFrame
             In input order: ``index``, ``step``, ``time`` (ps), ``box`` (nm or None) and
             ``positions``, all-atom positions in nm with shape (n_samples, n_atoms, 3), ready for
-            :class:`openmm_ldb.writers.TrajectoryWriter`.
+            :class:`openmm_ldb.writers.TrajectoryWriter`; ``expected_error`` and ``ca_shift`` (Å,
+            per sample, the model's largest Cα move) and, with ``check``, ``check``.
         """
         from .frames import CGFrame
 
@@ -434,14 +491,14 @@ class Backmapper:
                 batch.append(CGFrame.of(item))
             if batch and (item is None or len(batch) >= batch_size):
                 yield from self._stream_batch(plan, batch, index, n_samples, seed, deterministic, refiner,
-                                          sample_options)
+                                              sample_options, check)
                 index += len(batch)
                 batch = []
         if batch:
             yield from self._stream_batch(plan, batch, index, n_samples, seed, deterministic, refiner,
-                                          sample_options)
+                                          sample_options, check)
 
-    def _stream_batch(self, plan, batch, index, n_samples, seed, deterministic, refiner, options):
+    def _stream_batch(self, plan, batch, index, n_samples, seed, deterministic, refiner, options, check=False):
         from .frames import AAFrame
 
         boxes = [f.box for f in batch]
@@ -453,19 +510,23 @@ class Backmapper:
             seeds = [stream_seed(0, n_samples, index + k) for k in range(len(batch))]
         import inspect
 
-        if seeds is None or "seeds" in inspect.signature(self.sample).parameters:
+        parameters = inspect.signature(self.sample).parameters
+        if seeds is None or "seeds" in parameters:
             positions = np.stack([f.positions for f in batch])
             box = np.stack(boxes) if periodic else None
             kwargs = dict(options)
             if seeds is not None:
                 kwargs["seeds"] = seeds
+            if "frame_checks" in parameters:  # the stream scores what it yields, below (or nothing)
+                kwargs["frame_checks"] = False
             info: dict = {}
             xyz = self.sample(plan, positions, n_samples, seed=None, deterministic=deterministic, box_vectors=box,
                               info=info, **kwargs)
             per_frame = [xyz[f] for f in range(len(batch))]
             errors = info.get("expected_error")
+            shifts = info.get("ca_shift")
         else:  # a sampler without per-frame seeds: one call per frame keeps frame k's seed
-            errors = None
+            errors = shifts = None
             per_frame = [self.sample(plan, f.positions[None], n_samples, seed=seeds[k], deterministic=False,
                                      box_vectors=None if f.box is None else f.box[None], **options)[0]
                          for k, f in enumerate(batch)]
@@ -473,8 +534,10 @@ class Backmapper:
             xyz = np.asarray(xyz, dtype=np.float64) / NM_TO_ANGSTROM  # [S, atoms, 3] nm
             if refiner is not None:
                 xyz = np.stack([refiner.minimize(x) for x in xyz])
+            figures = plan.frame_check.of_positions(xyz * NM_TO_ANGSTROM) if check else None
             yield AAFrame(index + k, frame.step, frame.time, frame.box, xyz,
-                          None if errors is None else np.asarray(errors[k]))
+                          None if errors is None else np.asarray(errors[k]),
+                          None if shifts is None else np.asarray(shifts[k]), figures)
 
 
 def _topology_key(topology) -> tuple:

@@ -53,3 +53,8 @@ class AAFrame:
     positions: np.ndarray
     # [n_samples, n_cg_residues] expected side-chain error (Å) of every backmapped residue
     expected_error: np.ndarray | None = None
+    # [n_samples] the model's largest Cα move (Å)
+    ca_shift: np.ndarray | None = None
+    # with Backmapper.stream(check=True): FrameCheck figures per sample (clashes_per_1000,
+    # bad_bonds, bond_validity, ged, ...), each [n_samples], of the positions as yielded
+    check: dict | None = None

@@ -78,6 +78,19 @@ def chunk_bounds(n: int, chunk: int) -> List[Tuple[int, int]]:
     return [(start, min(start + chunk, n)) for start in range(0, n, chunk)]
 
 
+def nearest_points(query: torch.Tensor, points: torch.Tensor, k: int, chunk: int = 512) -> torch.Tensor:
+    """Indices [B, N, k] of the k ``points`` [B, M, 3] nearest each ``query`` [B, N, 3] (chunked)."""
+    kk = at_most(k, points.shape[1])
+    out: List[torch.Tensor] = []
+    for start, stop in chunk_bounds(query.shape[1], chunk):
+        d = torch.cdist(query[:, start:stop], points)
+        out.append(torch.topk(d, kk, dim=-1, largest=False)[1])
+    idx = torch.cat(out, dim=1)
+    if kk < k:
+        idx = torch.cat([idx, idx[..., :1].expand(idx.shape[0], idx.shape[1], k - kk)], dim=-1)
+    return idx
+
+
 def normalize(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return v / torch.sqrt((v * v).sum(-1, keepdim=True) + eps)
 
@@ -269,11 +282,13 @@ def trace_bounds(dist: torch.Tensor, cis_threshold: float) -> Tuple[torch.Tensor
 
 def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: float = 3.0,
                      min_ca_i2: float = 4.4, iterations: int = 40, disulfides: Optional[torch.Tensor] = None,
-                     max_ca_ss: float = rc.DISULFIDE_CA_CA_MAX) -> torch.Tensor:
+                     max_ca_ss: float = rc.DISULFIDE_CA_CA_MAX, max_ca_i2: float = 99.0) -> torch.Tensor:
     """Move Cα as little as needed so every peptide unit can be ideal.
 
     Consecutive Cα of a segment are brought inside :func:`trace_bounds` and Cα(i)–Cα(i+2) to at
-    least ``min_ca_i2`` Å (tighter i, i+2 turns put O(i) onto N(i+2)), by alternating
+    least ``min_ca_i2`` Å (tighter i, i+2 turns put O(i) onto N(i+2)) and at most ``max_ca_i2``
+    (a straighter trace, which CG models without angle terms make, leaves no N–CA–C angle near
+    ideal for any peptide plane), by alternating
     projections: each pass corrects every other constraint (no two of them share an atom, so
     each is met exactly, both ends moving half-way), then the others.  A trace that already
     satisfies every bound (any native structure) comes back unchanged, bit for bit.
@@ -310,8 +325,9 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
             if n > 2:
                 span = x[:, 2:] - x[:, :-2]
                 d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
-                short = torch.clamp(d2 - min_ca_i2, max=0.0) * span_ok * (((k2 // 2) % 2) == parity).to(ca.dtype)
-                short = torch.where(short < -1e-4, short, torch.zeros_like(short))
+                short = (d2 - torch.clamp(d2, min=min_ca_i2, max=max_ca_i2)) * span_ok * \
+                    (((k2 // 2) % 2) == parity).to(ca.dtype)
+                short = torch.where(short.abs() > 1e-4, short, torch.zeros_like(short))
                 if exporting() or bool((short != 0).any()):
                     moved = True
                     corr2 = (short / d2).unsqueeze(-1) * span * 0.5

@@ -40,6 +40,8 @@ Clashes
     reference graph (1-2, 1-3 and 1-4 pairs excluded); reported per 1000 scored atoms for the
     prediction (``clashes_per_1000``) and for the reference (``clashes_per_1000_ref``) on the
     same atoms.  Pairs come from a numpy grid (cell list), never an N×N matrix.
+    :class:`FrameCheck` gives the same clash, bond-validity and GED figures for many frames of
+    one topology at the cost of a neighbour search per frame.
 Chirality
     ``chirality_L``: fraction of non-Gly residues (N, CA, C, CB scored) whose signed volume
     (N−CA × C−CA)·(CB−CA) is positive (L), as in ``geometry.chirality_ok``.
@@ -76,6 +78,7 @@ _RING_CLOSURE = {("PHE", "CE1", "CZ"): 1.382, ("TYR", "CE1", "CZ"): 1.381, ("HIS
                  ("PRO", "CD", "N"): 1.473, ("TRP", "CD2", "CE2"): 1.409, ("TRP", "CH2", "CZ2"): 1.368}
 
 __all__ = [
+    "FrameCheck",
     "backbone_dihedrals",
     "chain_metrics",
     "chi_angles",
@@ -281,6 +284,139 @@ def _clashes(xyz_flat, graph: _Graph) -> int:
     i, j, _ = close_pairs(xyz_flat, CLASH_DISTANCE)
     keys = _Graph._pair_key(i, j, graph.n_flat)
     return int((~np.isin(keys, graph.excluded_keys)).sum())
+
+
+def _member(keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.isin(keys, table)`` for a sorted, unique ``table`` (a binary search per key)."""
+    if len(table) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+    return table[pos] == keys
+
+
+class FrameCheck:
+    """Clashes, bond validity and GED of many frames of one topology, without a reference.
+
+    The figures are those of :func:`chain_metrics` for a prediction scored against itself
+    (``chain_metrics(x, x, present, restype, segment, disulfides_true=disulfides,
+    pred_present=present)``): ``clashes``, ``bond_validity`` and ``ged`` (see the module
+    docstring).  The bond graph and its 1-4 exclusions are built once here, so a frame costs
+    one neighbour search (``scipy.spatial.cKDTree``) and a few vectorised lookups.
+
+    Parameters
+    ----------
+    restype, segment : array_like of int, shape (N,)
+        Residue types and segment ids.
+    present : array_like, shape (N, ≥15)
+        Nonzero where the structure has the heavy atom (slot layout; slots past OXT ignored).
+    disulfides : sequence of (int, int)
+        Residue pairs bonded SG–SG.
+    """
+
+    def __init__(self, restype, segment, present, disulfides=()):
+        restype = np.asarray(restype, dtype=np.int64)
+        segment = np.asarray(segment, dtype=np.int64)
+        exists = rc.heavy_mask_array()[restype][:, :HEAVY] > 0
+        exists[:, rc.OXT_SLOT] = True
+        mask = (np.asarray(present)[:, :HEAVY] > 0) & exists       # as chain_metrics scores them
+        pairs = [tuple(sorted(map(int, p))) for p in disulfides]
+        graph = _Graph(restype, segment, mask, pairs)
+        self.n_residues = len(restype)
+        self.mask = mask
+        self.flat = np.flatnonzero(mask.reshape(-1))                # scored atoms, ascending flat index
+        self.n_atoms = len(self.flat)
+        self.n_bonds = len(graph.a)
+        self._n_flat = graph.n_flat
+        self._excluded = graph.excluded_keys
+        self._bonded = graph.bonded_keys
+        # bond ends as positions in the list of scored atoms (both ends are scored: _Graph keeps only those)
+        self._bond_a = np.searchsorted(self.flat, graph.a)
+        self._bond_b = np.searchsorted(self.flat, graph.b)
+        self._ideal = graph.ideal
+        radius = _element_radius_table()[restype].reshape(-1)[self.flat]
+        self._radius = radius
+        self._bond_cut = radius[self._bond_a] + radius[self._bond_b] + COVALENT_MARGIN
+        # one search reaches both the clash distance and the largest covalent cutoff; the slack
+        # keeps pairs that cKDTree's own rounding would put a hair past the radius (the strict
+        # tests below decide, on the same float64 distances as chain_metrics)
+        self._reach = max(CLASH_DISTANCE, 2 * max(COVALENT_RADII.values()) + COVALENT_MARGIN) + 1e-6
+        self._topology_atoms = None
+
+    @classmethod
+    def from_layout(cls, layout, restype, segment, disulfides=()) -> FrameCheck:
+        """The check of an all-atom layout (:class:`openmm_ldb.topology.AllAtomLayout`): its heavy
+        atoms are the scored ones, and :meth:`of_positions` takes its topology-order positions.
+
+        Cap atoms (ACE/NME of lone residues) are left out: the layout files them under their
+        residue's Cα slot, and they belong to no residue template of the graph."""
+        residue = np.asarray(layout.residue, dtype=np.int64)
+        slot = np.asarray(layout.slot, dtype=np.int64)
+        caps = np.concatenate([np.asarray(v, dtype=np.int64) for v in layout.cap_atoms.values()] or
+                              [np.zeros(0, np.int64)])
+        keep = slot < HEAVY
+        keep[caps[caps >= 0]] = False
+        present = np.zeros((len(restype), HEAVY), dtype=bool)
+        present[residue[keep], slot[keep]] = True
+        check = cls(restype, segment, present, disulfides)
+        index = np.full(check.mask.size, -1, dtype=np.int64)
+        index[residue[keep] * HEAVY + slot[keep]] = np.flatnonzero(keep)
+        check._topology_atoms = index[check.flat]
+        return check
+
+    def __call__(self, slots) -> dict:
+        """Figures of positions in slot layout.
+
+        Parameters
+        ----------
+        slots : array_like, shape (..., N, ≥15, 3)
+            Å; any leading axes (frames, samples).
+
+        Returns
+        -------
+        dict of arrays of the leading shape
+            ``clashes`` and ``clashes_per_1000`` (per 1000 scored heavy atoms), ``bad_bonds``
+            (bonds off their ideal length by ``BOND_TOLERANCE`` or more) and ``bond_validity``
+            (NaN without bonds), ``ged``, ``ged_added`` and ``ged_broken``.
+        """
+        xyz = np.asarray(slots, dtype=np.float64)[..., :HEAVY, :]
+        lead = xyz.shape[:-3]
+        return self._score(xyz.reshape(lead + (-1, 3))[..., self.flat, :])
+
+    def of_positions(self, positions) -> dict:
+        """Figures of topology-order positions (..., n_atoms, 3) in Å; needs :meth:`from_layout`."""
+        if self._topology_atoms is None:
+            raise ValueError("of_positions needs a FrameCheck made with FrameCheck.from_layout")
+        return self._score(np.asarray(positions, dtype=np.float64)[..., self._topology_atoms, :])
+
+    def _score(self, atoms: np.ndarray) -> dict:
+        """``atoms`` (..., n_atoms, 3): the scored atoms in ascending flat order."""
+        from scipy.spatial import cKDTree
+
+        lead = atoms.shape[:-2]
+        frames = atoms.reshape((-1, self.n_atoms, 3))
+        if not np.isfinite(frames).all():
+            raise ValueError("FrameCheck: non-finite coordinates")
+        names = ("clashes", "bad_bonds", "ged_added", "ged_broken")
+        counts = {k: np.zeros(len(frames), dtype=np.int64) for k in names}
+        for f, x in enumerate(frames):
+            pairs = cKDTree(x).query_pairs(self._reach, output_type="ndarray")
+            i, j = pairs[:, 0], pairs[:, 1]
+            d = np.linalg.norm(x[i] - x[j], axis=-1)
+            keys = _Graph._pair_key(self.flat[i], self.flat[j], self._n_flat)
+            clash = d < CLASH_DISTANCE
+            counts["clashes"][f] = int((~_member(keys[clash], self._excluded)).sum())
+            near = d < self._radius[i] + self._radius[j] + COVALENT_MARGIN
+            counts["ged_added"][f] = int((~_member(keys[near], self._bonded)).sum())
+            d_bond = np.linalg.norm(x[self._bond_a] - x[self._bond_b], axis=-1)
+            counts["bad_bonds"][f] = int((~(np.abs(d_bond - self._ideal) < BOND_TOLERANCE)).sum())
+            counts["ged_broken"][f] = int((d_bond > self._bond_cut).sum())
+        out = {k: v.reshape(lead) for k, v in counts.items()}
+        out["ged"] = out["ged_added"] + out["ged_broken"]
+        out["clashes_per_1000"] = 1000.0 * out["clashes"] / max(self.n_atoms, 1)
+        # (good bonds) / (bonds), as chain_metrics' mean of a boolean array: the same float
+        valid = (self.n_bonds - out["bad_bonds"]) / self.n_bonds if self.n_bonds else np.full(lead, np.nan)
+        out["bond_validity"] = np.asarray(valid, dtype=np.float64)
+        return out
 
 
 # ----------------------------------------------------------------------------------------

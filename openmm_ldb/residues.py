@@ -240,8 +240,14 @@ ANGLE_CA_N_H_TERMINAL = 109.5
 # Cα–Cα distance below which a peptide bond is taken as cis (trans ~3.80 Å, cis ~2.90 Å; soft CG
 # traces compress trans bonds to 3.2-3.3 Å, which must stay trans).
 CIS_CA_CA_THRESHOLD = 3.0
-# Cα–Cα distance above which consecutive residues of one chain are a chain break.
+# Cα–Cα distance above which consecutive residues of a real (all-atom) chain are a chain break.
 CHAIN_BREAK_CA_CA = 4.5
+# The backmapper's distance rule, used only for CG inputs whose residue numbers say nothing.  A CG
+# trace is not a real chain: soft-bond CG models give Cα–Cα 3.89 ± 0.45 Å, so thermal motion
+# reaches 4.5 Å (a 770-residue chain with 0.3 Å noise per coordinate was cut into 51 chains).
+# 6.5 Å is ~6 σ of such a bond; a missing residue (Cα(i)–Cα(i+2) ~5.5–7.3 Å) is caught by the
+# residue numbering where there is one.
+CHAIN_BREAK_CG = 6.5
 # Disulfide geometry and the Cα–Cα window in which we try to form one.
 BOND_SG_SG = 2.04
 DISULFIDE_CA_CA_MAX = 6.8
@@ -253,6 +259,8 @@ CB_FROM_TRACE = (0.162, 1.160, 0.909)
 # largest estimated CB–CB of a pair declared from the trace (true pairs of crystal traces: 99th
 # percentile 5.0 Å; a CG trace at 300 K moves the estimate by up to ~1 Å)
 DISULFIDE_TRACE_CB_MAX = 6.5
+# C(i-1)–CD of a proline at least this (Å; ideal ~2.47): the proline closure's floor
+MIN_C_CD_PROLINE = 2.3
 
 
 def peptide_template(cis: bool = False) -> dict[str, np.ndarray]:

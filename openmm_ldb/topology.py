@@ -11,10 +11,22 @@ say, in this order:
 1. the bonds of the CG ``System`` (``HarmonicBondForce`` terms and constraints between consecutive
    beads; other bond forces such as ``CustomBondForce`` when most of their terms join consecutive
    beads, so native-contact forces are not mistaken for bonds);
-2. the bonds of the CG ``Topology``;
-3. only for chains that neither says anything about: the distance rule (consecutive Cα farther
-   apart than ``chain_break``, default 4.5 Å, start a new segment; a residue number that does not
-   increase starts a new molecule).  The distance rule is then checked on every frame.
+2. the bonds of the CG ``Topology`` (PDB ``CONECT`` records between beads are such bonds);
+3. for chains neither says anything about, the residue numbering of the file (chain ids and
+   ``TER`` records already separate chains: OpenMM and mdtraj start a new chain after a TER): the
+   next number, the same number with the next insertion code, or a number wrapped at the PDB or
+   GRO field width is bonded; a number that jumps or repeats is a chain break; a number that
+   decreases starts a new molecule;
+4. only for chains whose residues are not usefully numbered (a number missing, or most residues
+   not numbered one after the other, e.g. all alike), or when the user passes ``chain_break``:
+   the distance rule.  Consecutive Cα farther apart than ``chain_break`` (default
+   ``residues.CHAIN_BREAK_CG``, 6.5 Å, beyond the reach of a thermally stretched CG bond) start a
+   new segment; a number that decreases still starts a new molecule.  The distance rule is
+   checked on every frame.
+
+Splits within a chain of the input that no bond states (numbering gaps, distance-rule breaks,
+bonds of the Topology or the numbering across more than 10 Å) are reported in one warning line
+per kind (see :func:`check_positions`).
 
 Residues in different topology chains are never bonded, and neither are two molecules that share
 a chain id.  A residue with no bonded neighbour (a *lone residue*) is built capped, ACE–X–NME,
@@ -69,10 +81,14 @@ class CGMapping:
     residue_ids : PDB residue id (str) per residue.
     n_particles : number of particles in the CG topology.
     residue_names : residue name as the CG topology spells it.
-    bonded : [N-1] residue k is bonded to k+1 (from the System or Topology bonds).
-    by_distance : [N-1] the pair is decided by the distance rule (no bond information for its chain).
+    bonded : [N-1] residue k is bonded to k+1 (by the System or Topology bonds or the numbering).
+    by_distance : [N-1] the pair is decided by the distance rule (nothing else speaks for its chain).
     chain_break : Å, the distance rule's threshold.
-    connectivity : where the bonds came from: 'system', 'topology' or 'distance' (or a mix, '+').
+    connectivity : where the bonds came from: 'system', 'topology', 'numbering' or 'distance' (or a
+        mix, '+').
+    chain_source : per chain, which of those decides its bonds.
+    numbering_gaps : [N-1] pairs split because the residue numbering jumps or repeats there.
+    chain_break_given : the user chose ``chain_break`` (the distance rule then replaces the numbering).
     molecule : [N] molecule number (OpenMM's molecules when the System is known).
     links : (k, l) residue pairs bonded across segments of one molecule (disulfides, cross-links).
     box : [3, 3] default periodic box in Å (the System's), or None.
@@ -89,8 +105,11 @@ class CGMapping:
     residue_names: list[str] = field(default_factory=list)
     bonded: np.ndarray | None = None
     by_distance: np.ndarray | None = None
-    chain_break: float = rc.CHAIN_BREAK_CA_CA
+    chain_break: float = rc.CHAIN_BREAK_CG
     connectivity: str = "distance"
+    chain_source: list[str] = field(default_factory=list)
+    numbering_gaps: np.ndarray | None = None
+    chain_break_given: bool = False
     molecule: np.ndarray | None = None
     links: list[tuple[int, int]] = field(default_factory=list)
     box: np.ndarray | None = None
@@ -196,6 +215,46 @@ def _residue_number(rid: str):
         return None
 
 
+# What the residue numbering says of a pair of consecutive residues (see numbering_steps).
+FOLLOWS, GAP, RESTART, UNNUMBERED = 1, 0, -1, -2
+_WRAP = (9999, 99999)  # fixed-width PDB and GRO residue fields wrap to 0 after these
+
+
+def _follows(a: int, code_a: str, b: int, code_b: str) -> bool:
+    """Residue (b, code_b) is the one after (a, code_a) in PDB numbering."""
+    if b == a:  # an insertion: 52 -> 52A -> 52B
+        return len(code_a) <= 1 and len(code_b) == 1 and ord(code_b) == ord(code_a or "@") + 1
+    return not code_b and (b == a + 1 or (a in _WRAP and b == 0))
+
+
+def numbering_steps(residue_ids, insertion_codes=None) -> np.ndarray:
+    """[N-1] what the residue numbering says of each pair of consecutive residues.
+
+    ``FOLLOWS``: the next number, the same number with the next insertion code ('52', '52A',
+    '52B', '53') or a number wrapped at the field width (9999 -> 0); ``GAP``: the number jumps or
+    repeats, or an insertion code is skipped (a chain break); ``RESTART``: the number decreases (a
+    new molecule, as when copies share a chain id); ``UNNUMBERED``: a number is not an integer.
+    """
+    num = [_residue_number(r) for r in residue_ids]
+    codes = [(c or "").strip() for c in insertion_codes] if insertion_codes else [""] * len(num)
+    out = np.full(max(len(num) - 1, 0), UNNUMBERED, dtype=np.int8)
+    for k, (a, b) in enumerate(itertools.pairwise(num)):
+        if a is not None and b is not None:
+            out[k] = FOLLOWS if _follows(a, codes[k], b, codes[k + 1]) else RESTART if b < a else GAP
+    return out
+
+
+def _usable_numbering(chain: np.ndarray, steps: np.ndarray, pairs: np.ndarray, n_chains: int) -> np.ndarray:
+    """[n_chains] the residue numbers of a chain say something: every pair numbered and at least
+    half of them one after the other (not all residues numbered alike, nor counted in tens)."""
+
+    def count(mask):
+        return np.bincount(chain[pairs & mask], minlength=n_chains)
+
+    follows = count(steps == FOLLOWS)
+    return (count(steps == UNNUMBERED) == 0) & (follows > 0) & (2 * follows >= count(np.ones_like(pairs)))
+
+
 def _box_angstrom(box) -> np.ndarray | None:
     """Box vectors (Quantity, list of Quantity Vec3s, or nm numbers) as a [3, 3] array in Å."""
     if box is None:
@@ -227,8 +286,9 @@ def read_cg_topology(topology, bead_name: str = "CA", residues=None, skip_unknow
         The CG System: its bonds (and constraints) say which consecutive residues are bonded and
         which particles form one molecule; its default box is used when no box is given.
     chain_break : length (Quantity, or float in nm), optional
-        Threshold of the distance rule (default 0.45 nm), used only for chains whose bonds neither
-        the System nor the Topology gives.
+        Decide the chains whose bonds neither the System nor the Topology gives by the distance
+        rule at this threshold instead of by their residue numbering.  Without it the distance
+        rule (at ``residues.CHAIN_BREAK_CG``, 0.65 nm) decides only chains without usable numbers.
     entry_point : str
         'python', 'reporter' or 'cli': how error messages spell the options.
 
@@ -290,6 +350,7 @@ def read_cg_topology(topology, bead_name: str = "CA", residues=None, skip_unknow
         if not value > 0:
             raise CGTopologyError(f"{opt['chain_break']} must be a positive length, got {chain_break}")
         mapping.chain_break = 10.0 * value
+        mapping.chain_break_given = True
     _connect(mapping, top, system, res_index)
     return mapping
 
@@ -321,19 +382,11 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
             bonded |= np.array([(int(a), int(b)) in backbone for a, b in itertools.pairwise(res_index)]) \
                 & consecutive
             sources.append("topology")
-    # chains no bond touches fall back to the distance rule
-    chain_has_bond = np.zeros(len(mapping.chain_ids), dtype=bool)
-    chain_has_bond[mapping.chain_index[:-1][bonded]] = True
-    by_distance = same_chain & ~chain_has_bond[mapping.chain_index[:-1]]
-    if by_distance.any():
-        # a residue number that does not increase starts a new molecule (copies in one chain id)
-        num = [_residue_number(r) for r in mapping.residue_ids]
-        restart = np.array([a is not None and b is not None and b <= a for a, b in itertools.pairwise(num)])
-        by_distance &= ~restart & consecutive
-        sources.append("distance")
-    mapping.bonded = bonded
-    mapping.by_distance = by_distance
-    mapping.connectivity = "+".join(sources) if sources else "distance"
+    # chains no bond touches: the residue numbering decides, else the distance rule
+    source = [""] * len(mapping.chain_ids)
+    for c in np.unique(mapping.chain_index[:-1][bonded]):
+        source[int(c)] = sources[0]  # only one of System and Topology is read
+    _numbering_or_distance(mapping, bonded, source, consecutive)
 
     # molecules: segments joined by any bonded pair (OpenMM's molecules when the System is known)
     parent = list(range(n))
@@ -345,7 +398,7 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
         return x
 
     links = []
-    for k in np.flatnonzero(bonded | by_distance):
+    for k in np.flatnonzero(mapping.bonded | mapping.by_distance):
         parent[find(int(k) + 1)] = find(int(k))
     mapped = {int(r): k for k, r in enumerate(res_index)}
     if system is not None:
@@ -392,19 +445,90 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
     mapping.links = links
 
 
+def _numbering_or_distance(mapping: CGMapping, bonded: np.ndarray, source: list[str],
+                           consecutive: np.ndarray) -> None:
+    """Fill in bonded, by_distance, numbering_gaps, chain_source and connectivity of ``mapping``;
+    ``source`` names the chains the System or Topology bonds ('' where neither does)."""
+    chain = mapping.chain_index[:-1]
+    same_chain = chain == mapping.chain_index[1:]
+    free = same_chain & consecutive & np.array([not source[c] for c in chain], dtype=bool)
+    steps = numbering_steps(mapping.residue_ids, mapping.insertion_codes)
+    numbered = np.zeros(len(source), dtype=bool)
+    if not mapping.chain_break_given:  # a chain_break the user chose puts the distance rule in charge
+        numbered = _usable_numbering(chain, steps, free, len(source))
+    by_numbering = free & numbered[chain]
+    mapping.bonded = bonded | (by_numbering & (steps == FOLLOWS))
+    mapping.numbering_gaps = by_numbering & (steps == GAP)
+    mapping.by_distance = free & ~numbered[chain] & (steps != RESTART)
+    mapping.chain_source = [s or ("numbering" if numbered[c] else "distance") for c, s in enumerate(source)]
+    has_pairs = np.bincount(chain[same_chain], minlength=len(source)) > 0
+    used = {s for s, p in zip(mapping.chain_source, has_pairs) if p}
+    mapping.connectivity = "+".join(x for x in ("system", "topology", "numbering", "distance") if x in used) \
+        or "distance"
+
+
+def _pair_source(mapping: CGMapping) -> np.ndarray:
+    """[N-1] what decides each pair: its chain's source ('system', 'topology', 'numbering', 'distance')."""
+    source = mapping.chain_source or [mapping.connectivity.split("+")[0]] * len(mapping.chain_ids)
+    return np.array(source, dtype=object)[mapping.chain_index[:-1]]
+
+
+def _places(mapping: CGMapping, ks: np.ndarray, detail) -> str:
+    """'after LYS 41 (index 40, chain A; <detail>), ...' for pairs ``ks`` (the first eight)."""
+    named = [f"after {mapping.describe(int(k))[:-1]}; {detail(int(k))})" for k in ks[:8]]
+    return ", ".join(named) + (f" and {len(ks) - 8} more" if len(ks) > 8 else "")
+
+
+def _chains_of(mapping: CGMapping, ks: np.ndarray) -> str:
+    ids = list(dict.fromkeys(mapping.chain_ids[mapping.chain_index[int(k)]] for k in ks))
+    return ("chain " if len(ids) == 1 else "chains ") + ", ".join(ids)
+
+
+def split_notes(mapping: CGMapping, ca: np.ndarray) -> list[str]:
+    """One warning line per kind of split the input does not state: where the residue numbering
+    jumps, and where the distance rule breaks a chain in the frame ``ca`` [N, 3] (Å)."""
+    opt = OPTION_NAMES.get(mapping.entry_point, OPTION_NAMES["python"])
+    by_distance = f"{opt['chain_break']} (a Cα–Cα distance in nm, e.g. {rc.CHAIN_BREAK_CG / 10:g})"
+    d = np.linalg.norm(ca[1:] - ca[:-1], axis=-1)
+    notes = []
+    gaps = np.flatnonzero(mapping.numbering_gaps) if mapping.numbering_gaps is not None else []
+    if len(gaps):
+        codes = mapping.insertion_codes or [""] * mapping.n_residues
+
+        def next_id(k):
+            return f"next {mapping.residue_ids[k + 1]}{codes[k + 1]}"
+
+        notes.append(f"{_chains_of(mapping, gaps)} split in {len(gaps)} place(s) where the residue numbering jumps "
+                     f"or repeats: {_places(mapping, gaps, next_id)}; to decide these chains by Cα distance "
+                     f"instead pass {by_distance}")
+    breaks = np.flatnonzero(mapping.distance_breaks(ca))
+    if len(breaks):
+        why = f"as {opt['chain_break']} asks" if mapping.chain_break_given else \
+            "their residues are not numbered one after the other"
+        notes.append(f"{_chains_of(mapping, breaks)} split in {len(breaks)} place(s) where consecutive Cα are "
+                     f"farther apart than {mapping.chain_break:.2f} Å ({why}): "
+                     f"{_places(mapping, breaks, lambda k: f'{d[k]:.1f} Å')}; to change this pass {opt['system']} "
+                     f"(its bonds decide) or {by_distance}")
+    return notes
+
+
 def check_positions(mapping: CGMapping, ca: np.ndarray, box_given: bool) -> list[str]:
     """Check CG positions against what a Cα chain looks like; raise when they cannot be right.
 
     ``ca`` [N, 3] Å of the reference frame (made whole when a box is known).  Returns warnings
-    (strings) for what looks odd but can be backmapped.
+    (strings) for what looks odd but can be backmapped, and for every split the input does not
+    state (:func:`split_notes`).  Bonds of the Topology or the numbering across more than 10 Å
+    are taken as chain breaks (``mapping.bonded`` is changed).
     """
     opt = OPTION_NAMES.get(mapping.entry_point, OPTION_NAMES["python"])
     _, bonded, by_distance = mapping._pairs()
     d = np.linalg.norm(ca[1:] - ca[:-1], axis=-1)
     pairs = bonded | by_distance
-    notes = []
     if not pairs.any():
-        return notes
+        return split_notes(mapping, ca)
+    source = _pair_source(mapping)
+    numbered = bonded & (source == "numbering")
+    notes = []
     med = float(np.median(d[pairs]))
     if med > 20.0:
         raise CGTopologyError(
@@ -413,35 +537,46 @@ def check_positions(mapping: CGMapping, ca: np.ndarray, box_given: bool) -> list
     if med < 1.5:
         notes.append(f"positions look too small: consecutive beads are a median {med:.2f} Å apart (Cα–Cα is "
                      "3.8 Å); positions are read in nm (an OpenMM Quantity carries its unit)")
-    if bonded.any():
-        far = np.flatnonzero(bonded & (d > 10.0))
-        if far.size:
-            k = int(far[0])
-            hint = ("periodic system without box vectors? pass " + opt["box_vectors"]) if not box_given else \
-                "is the box right, or are the bonds not between these beads?"
-            what = f"residues {mapping.describe(k)} and {mapping.describe(k + 1)} are {d[k]:.1f} Å apart"
-            if mapping.connectivity.startswith("system"):
-                raise CGTopologyError(f"the System bonds {what}; {hint}")
-            # Topology bonds are often written for a whole sequence: a gap this long is a break
-            mapping.bonded = mapping.bonded & ~((d > 10.0) & bonded)
-            notes.append(f"the Topology bonds {what}: taken as a chain break ({len(far)} such pair(s)); {hint}")
-    if by_distance.any():
-        broken = by_distance & (d > mapping.chain_break)
-        if broken.sum() > max(1, 0.25 * by_distance.sum()):
-            raise CGTopologyError(
-                f"{int(broken.sum())} of {int(by_distance.sum())} consecutive beads are farther apart than "
-                f"{mapping.chain_break:.2f} Å (median {med:.2f} Å): beads not at Cα? The model expects Cα positions; "
-                f"if your model's bonds are longer, pass {opt['chain_break']} or {opt['system']} so bonds are read "
-                "from it")
-        huge = by_distance & (d > 15.0)
-        if huge.any() and not box_given:
-            k = int(np.flatnonzero(huge)[0])
-            notes.append(f"residues {mapping.describe(k)} and {mapping.describe(k + 1)} are {d[k]:.0f} Å apart "
-                         f"and taken as a chain break: periodic system without box vectors? pass {opt['box_vectors']}")
+    far = bonded & (d > 10.0)
+    # neither the distance rule nor the numbering expects many pairs beyond the rule's threshold
+    # (numbered pairs across more than 10 Å are breaks, as when numbers run on across molecules)
+    loose = by_distance | (numbered & ~far)
+    broken = loose & (d > mapping.chain_break)
+    if broken.sum() > max(1, 0.25 * loose.sum()):
+        raise CGTopologyError(
+            f"{int(broken.sum())} of {int(loose.sum())} consecutive beads are farther apart than "
+            f"{mapping.chain_break:.2f} Å (median {med:.2f} Å): beads not at Cα? The model expects Cα positions; "
+            f"if your model's bonds are longer, pass {opt['chain_break']} or {opt['system']} so bonds are read "
+            "from it")
+    if far.any():
+        k = int(np.flatnonzero(far)[0])
+        hint = ("periodic system without box vectors? pass " + opt["box_vectors"]) if not box_given else \
+            "is the box right, or are the bonds not between these beads?"
+        by_system = np.flatnonzero(far & (source == "system"))
+        if by_system.size:
+            k = int(by_system[0])
+            raise CGTopologyError(f"the System bonds residues {mapping.describe(k)} and {mapping.describe(k + 1)} "
+                                  f"{d[k]:.1f} Å apart; {hint}")
+        # Topology bonds and numbers are often written for a whole sequence: a gap this long is a break
+        mapping.bonded = mapping.bonded & ~far
+        says = "the residue numbering joins" if source[k] == "numbering" else "the Topology bonds"
+        notes.append(f"{says} residues {mapping.describe(k)} and {mapping.describe(k + 1)} {d[k]:.1f} Å apart: "
+                     f"taken as a chain break ({int(far.sum())} such pair(s)); {hint}")
+    stretched = np.flatnonzero(numbered & ~far & (d > mapping.chain_break))
+    if stretched.size:
+        notes.append(f"the residue numbering joins {stretched.size} pair(s) of residues whose Cα are farther apart "
+                     f"than {mapping.chain_break:.2f} Å: {_places(mapping, stretched, lambda k: f'{d[k]:.1f} Å')}; "
+                     f"built bonded (if residues are missing there, pass {opt['chain_break']} to decide by Cα "
+                     "distance)")
+    huge = by_distance & (d > 15.0)
+    if huge.any() and not box_given:
+        k = int(np.flatnonzero(huge)[0])
+        notes.append(f"residues {mapping.describe(k)} and {mapping.describe(k + 1)} are {d[k]:.0f} Å apart "
+                     f"and taken as a chain break: periodic system without box vectors? pass {opt['box_vectors']}")
     if med > _CA_CA_MAX_TYPICAL:
         notes.append(f"consecutive beads are a median {med:.2f} Å apart (Cα–Cα is 3.8 Å): beads not at Cα? "
                      "The model expects Cα positions")
-    return notes
+    return notes + split_notes(mapping, ca)
 
 
 # ---------------------------------------------------------------------------------------------- all-atom

@@ -119,13 +119,14 @@ def disulfide_pairs(chain: data.Chain, cutoff: float = 2.3) -> list[tuple[int, i
 
 
 def cg_topology(chains: list[data.Chain], bead_name: str = "CA") -> Topology:
-    """A one-bead-per-residue OpenMM topology with one chain per :class:`data.Chain`."""
+    """A one-bead-per-residue OpenMM topology with one chain per :class:`data.Chain`; residues
+    numbered from 1, a number skipped at every segment break (as a file shows a gap)."""
     top = Topology()
     carbon = Element.getBySymbol("C")
     for k, chain in enumerate(chains):
         c = top.addChain(chr(ord("A") + k))
         for i, rt in enumerate(chain.restype):
-            res = top.addResidue(rc.RESTYPES_3[rt], c, id=str(i + 1))
+            res = top.addResidue(rc.RESTYPES_3[rt], c, id=str(i + 1 + int(chain.segment[i])))
             top.addAtom(bead_name, carbon, res)
     return top
 

@@ -285,3 +285,26 @@ def test_make_simulation_count_mismatch(gb1):
         cg.make_simulation(topology, system, _nm(positions)[:-1] * unit.nanometer, platform="CPU")
     with pytest.raises(ValueError, match="particles"):
         cg.make_simulation(cg.ca_topology(["AAA"]), system, positions, platform="CPU")
+
+
+def test_random_coils_of_several_chains_do_not_overlap_and_run():
+    """Chains of a periodic condensate start apart, periodic images included: before, every
+    chain's first bead was drawn on the box diagonal unchecked, two chains started 0.25 nm apart
+    and the first steps blew up (NaN)."""
+    top = cg.ca_topology([ASYN_1_40 * 3] * 4)
+    box = 10.0
+    positions = cg.random_coil_positions(top, box, seed=0)
+    xyz = np.asarray(positions.value_in_unit(unit.nanometer))
+    d = xyz[:, None] - xyz[None]
+    d -= box * np.round(d / box)
+    r = np.linalg.norm(d, axis=-1)
+    bonded = {(a.index, b.index) for a, b in top.bonds()} | {(b.index, a.index) for a, b in top.bonds()}
+    far = np.ones_like(r, dtype=bool)
+    np.fill_diagonal(far, False)
+    for i, j in bonded:
+        far[i, j] = False
+    assert r[far].min() >= 0.5 - 1e-6
+    sim = cg.make_simulation(top, cg.hps_system(top, box), positions, seed=0)
+    sim.minimizeEnergy()
+    sim.step(2000)
+    assert np.isfinite(sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))

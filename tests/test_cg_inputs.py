@@ -61,6 +61,13 @@ def one_chain_topology(names_per_molecule, chain_id="A", bonds=False, renumber=F
     return top
 
 
+def unnumbered(top: Topology) -> Topology:
+    """``top`` with every residue numbered 1: residue numbers that say nothing about bonds."""
+    for res in top.residues():
+        res.id = "1"
+    return top
+
+
 def harmonic_system(n_per_molecule, n_molecules, box_nm=None, k=500.0, extra_particles=0) -> openmm.System:
     """Soft harmonic bonds (MOFF-like) between consecutive beads of each molecule, nothing between
     molecules; a small repulsion so it can be simulated."""
@@ -113,10 +120,13 @@ def test_soft_bond_chain_is_one_chain(backmapper, gb1, amber):
     d = np.linalg.norm(np.diff(pos, axis=0), axis=1) * 10
     assert (d[SOFT] > rc.CHAIN_BREAK_CA_CA).all()
     top = one_chain_topology([names])  # no topology bonds (OpenABC writes none)
-    # the old rule, for contrast: only distances -> 7 chains
+    # the old rule, for contrast: Cα distances at 4.5 Å -> 7 chains
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert n_chains(backmapper.plan(top, pos)) == 7
+        assert n_chains(backmapper.plan(top, pos, chain_break=0.45 * unit.nanometer)) == 7
+    # the residue numbers say it is one chain
+    plan = backmapper.plan(top, pos)
+    assert plan.mapping.connectivity == "numbering" and n_chains(plan) == 1
     # the System's soft bonds say it is one molecule
     system = harmonic_system(len(names), 1)
     plan = backmapper.plan(top, pos, system=system)
@@ -138,7 +148,7 @@ def test_soft_bond_chain_is_one_chain(backmapper, gb1, amber):
     only_contacts.addForce(contacts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert backmapper.plan(top, pos, system=only_contacts).mapping.connectivity == "distance"
+        assert backmapper.plan(top, pos, system=only_contacts).mapping.connectivity == "numbering"
 
 
 def test_backmap_keywords(backmapper, gb1):
@@ -153,10 +163,10 @@ def test_backmap_keywords(backmapper, gb1):
 
 def test_distance_rule_checked_every_frame(backmapper, gb1):
     names, pos = gb1
-    top = one_chain_topology([names])
+    top = unnumbered(one_chain_topology([names]))
     plan = backmapper.plan(top, pos)
     assert plan.mapping.connectivity == "distance" and n_chains(plan) == 1
-    frames = np.stack([pos, stretched(pos, [20], 0.15), pos])
+    frames = np.stack([pos, stretched(pos, [20], 0.3), pos])  # 6.8 Å: beyond CHAIN_BREAK_CG
     with pytest.warns(UserWarning, match=r"changed \(frame 1 of this batch.*system=.*chain_break="):
         backmapper.sample(plan, frames)
 
@@ -561,3 +571,139 @@ def test_go_complex_overlays_openmm_dcd(backmapper, gb1, tmp_path):
 
 def cg_seq(names):
     return "".join(rc.THREE_TO_ONE[n] for n in names)
+
+
+# ---------------------------------------------------------------------------------------------- chains as the file says
+def _write_ca_pdb(path, names_per_chain, pos_nm, numbers=None) -> str:
+    """A Cα-only PDB written by OpenMM's PDBFile: one chain id per chain (TER between them),
+    residues numbered 1.. per chain (or as ``numbers`` says)."""
+    top = Topology()
+    for k, names in enumerate(names_per_chain):
+        chain = top.addChain(chr(ord("A") + k))
+        for i, name in enumerate(names):
+            rid = str(i + 1) if numbers is None else str(numbers[k][i])
+            top.addAtom("CA", CARBON, top.addResidue(name, chain, id=rid))
+    with open(path, "w") as f:
+        app.PDBFile.writeFile(top, pos_nm * unit.nanometer, f, keepIds=True)
+    return str(path)
+
+
+def _chains_and_oxt(path) -> tuple[int, list[bool]]:
+    """Chains of a written PDB and, per OXT atom, whether it sits on its chain's last residue."""
+    top = app.PDBFile(str(path)).topology
+    last = {list(c.residues())[-1].index for c in top.chains()}
+    return top.getNumChains(), [a.residue.index in last for a in top.atoms() if a.name == "OXT"]
+
+
+def test_cli_noisy_ca_file_keeps_its_chains(gb1, tmp_path, capsys, tiny_model):
+    """Two chains of a Cα PDB with CG-like noise (σ = 0.3 Å per coordinate, one Cα–Cα stretched
+    to 5.0 Å, past the old 4.5 Å rule) come out as exactly two chains: the file says so."""
+    from openmm_ldb.cli import main
+
+    names, pos = gb1
+    rng = np.random.default_rng(7)
+    two = np.concatenate([pos, pos + [3.0, 0.0, 0.0]]) + rng.normal(0.0, 0.03, (2 * len(names), 3))
+    two[21:56] += (0.5 - np.linalg.norm(two[21] - two[20])) * (two[21] - two[20]) / np.linalg.norm(two[21] - two[20])
+    d = np.linalg.norm(np.diff(two, axis=0), axis=1) * 10.0
+    assert abs(d[20] - 5.0) < 1e-6 and d.max() > rc.CHAIN_BREAK_CA_CA  # the old rule would cut here
+    pdb = _write_ca_pdb(tmp_path / "ca.pdb", [names, names], two)
+    out = tmp_path / "aa.pdb"
+    assert main(["backmap", pdb, "-o", str(out), "--model", tiny_model]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "112 residues in 2 chain(s)" in captured.out
+    n, oxt_at_end = _chains_and_oxt(out)
+    assert n == 2 and oxt_at_end == [True, True]  # no terminus mid-chain
+    # a trajectory of such frames read with --top: the same chains on every frame, no warning
+    frames = two[None] + rng.normal(0.0, 0.03, (3, *two.shape))
+    dcd = str(tmp_path / "cg.dcd")
+    mdtraj.Trajectory(frames.astype(np.float32), mdtraj.load_topology(pdb)).save_dcd(dcd)
+    assert main(["backmap", dcd, "--top", pdb, "-o", str(out), "--model", tiny_model, "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert _chains_and_oxt(out) == (2, [True, True]) and mdtraj.load(str(out)).n_frames == 3
+
+
+def test_cli_numbering_gap_splits_with_one_warning(gb1, tmp_path, capsys, tiny_model):
+    """A jump in the residue numbers splits the chain there (Cα 3.8 Å apart or not), and one
+    warning line names the residue and the CLI option that decides by distance instead."""
+    from openmm_ldb.cli import main
+
+    names, pos = gb1
+    numbers = [list(range(1, 42)) + list(range(45, 45 + len(names) - 41))]  # 42-44 missing from the numbering
+    pdb = _write_ca_pdb(tmp_path / "gap.pdb", [names], pos, numbers)
+    out = tmp_path / "aa.pdb"
+    assert main(["backmap", pdb, "-o", str(out), "--model", tiny_model, "-q"]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warned) == 1
+    assert (f"chain A split in 1 place(s) where the residue numbering jumps or repeats: after {names[40]} 41 "
+            "(index 40, chain A; next 45)") in warned[0]
+    assert "--chain-break" in warned[0] and "chain_break=" not in warned[0]
+    n, oxt_at_end = _chains_and_oxt(out)
+    assert n == 2 and oxt_at_end == [True, True]
+    # the user's --chain-break puts the distance rule in charge: no gap in the Cα trace, one chain
+    assert main(["backmap", pdb, "-o", str(out), "--model", tiny_model, "-q", "--chain-break", "0.65"]) == 0
+    assert "warning" not in capsys.readouterr().err and _chains_and_oxt(out)[0] == 1
+
+
+def test_unnumbered_chain_falls_back_to_the_distance_rule(backmapper, gb1):
+    """Residues all numbered alike say nothing: Cα farther apart than CHAIN_BREAK_CG (6.5 Å) split
+    the chain, with one warning line naming the residue; noise of σ = 0.3 Å does not."""
+    names, pos = gb1
+    noisy = pos + np.random.default_rng(3).normal(0.0, 0.03, pos.shape)
+    top = unnumbered(one_chain_topology([names]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = backmapper.plan(top, noisy)
+    assert plan.mapping.connectivity == "distance" and n_chains(plan) == 1
+    far = stretched(noisy, [30], 0.7 - np.linalg.norm(noisy[31] - noisy[30]))  # 7.0 Å
+    with pytest.warns(UserWarning) as caught:
+        plan = backmapper.plan(top, far)
+    assert n_chains(plan) == 2 and plan.segment.tolist() == [0] * 31 + [1] * (len(names) - 31)
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 1
+    assert (f"chain A split in 1 place(s) where consecutive Cα are farther apart than 6.50 Å (their residues are "
+            f"not numbered one after the other): after {names[30]} 1 (index 30, chain A; 7.0 Å)") in notes[0]
+    assert "chain_break=" in notes[0] and "system=" in notes[0]
+
+
+# ---------------------------------------------------------------------------------------------- per-file check line
+def test_cli_summary_reports_clashes_bonds_and_ca_moves(cg_files, tmp_path, capsys, shipped):
+    """The summary line of `openmm-ldb backmap` (shipped model, four GB1 frames with CG-like noise of
+    σ = 0.3 Å, two samples) gives the mean and max clashes per 1000 heavy atoms, the worst bond
+    validity, the mean GED and the largest Cα move: those of the written files (chain_metrics)."""
+    import re
+
+    from openmm_ldb import evaluate as ev
+    from openmm_ldb import metrics
+    from openmm_ldb.cli import main
+
+    ref = cg_files["frames"][0]
+    noisy = mdtraj.Trajectory(ref.xyz + np.random.default_rng(0).normal(0, 0.03, (4, *ref.xyz.shape[1:])).astype(
+        np.float32), ref.topology)
+    dcd = str(tmp_path / "noisy.dcd")
+    noisy.save_dcd(dcd)
+    out = tmp_path / "aa.pdb"
+    assert main(["backmap", dcd, "--top", cg_files["pdb"], "-o", str(out), "--samples", "2", "--seed", "4",
+                 "--threads", "1"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(dcd))
+    found = re.search(r"; clashes/1000 atoms ([\d.]+) mean \(([\d.]+) max\), bonds valid ([\d.]+), GED ([\d.]+), "
+                      r"Cα moved ≤ ([\d.]+) Å$", line)
+    assert line.startswith(f"{dcd}: 4 frame(s), 56 residues in 1 chain(s)") and found, line
+    mean, worst, valid, ged, moved = map(float, found.groups())
+    # what the files hold (PDB: 0.001 Å), scored by chain_metrics
+    plan = shipped.plan(mdtraj.load_topology(cg_files["pdb"]).to_openmm(), noisy.xyz[0], hydrogens=False)
+    ca = np.array([a.index for a in plan.topology.atoms() if a.name == "CA"])
+    rows, shown = [], 0.0
+    for s in range(2):
+        written = mdtraj.load(str(tmp_path / f"aa_s{s}.pdb"))
+        assert written.n_frames == 4 and written.n_atoms == plan.topology.getNumAtoms()
+        shown = max(shown, np.linalg.norm(written.xyz[:, ca] - noisy.xyz, axis=-1).max() * 10.0)
+        for x in written.xyz * 10.0:
+            slots, present = ev.to_slots(plan.layout, x.astype(np.float64), plan.mapping.n_residues)
+            rows.append(metrics.chain_metrics(slots, slots, present, plan.mapping.restype, plan.segment,
+                                              disulfides_true=plan.disulfides, pred_present=present))
+    per_1000 = np.array([r["clashes_per_1000"] for r in rows])
+    assert per_1000.max() > 0  # the noise leaves some clashes: the figures are not all zero
+    assert mean == pytest.approx(per_1000.mean(), abs=0.051) and worst == pytest.approx(per_1000.max(), abs=0.051)
+    assert valid == pytest.approx(min(r["bond_validity"] for r in rows), abs=0.0051)
+    assert ged == pytest.approx(np.mean([r["ged"] for r in rows]), abs=0.051)
+    assert moved > 0.0 and moved == pytest.approx(shown, abs=0.006)  # the model's Cα move is what the files show

@@ -46,7 +46,12 @@ def test_reporter_frames_match_cg_frames(go_sim, backmapper, tmp_path):
     assert aa.n_frames == cgt.n_frames == 20
     ca = aa.atom_slice(aa.topology.select("name CA"))
     # one to one, in order: every all-atom frame's Cα are that CG frame's beads
-    assert np.abs(ca.xyz - cgt.xyz).max() < 1e-5
+    # (but those the trace regularization and the clash relaxation move: by at most 0.06 nm, and
+    # most by less than 0.003 nm)
+    dev = np.linalg.norm(ca.xyz - cgt.xyz, axis=-1)
+    assert np.median(dev) < 0.003 and dev.max() < 0.06
+    cross = np.linalg.norm(ca.xyz[:, None] - cgt.xyz[None], axis=-1).mean(-1)    # [aa frame, cg frame]
+    assert (cross.argmin(1) == np.arange(20)).all()
     assert aa.n_residues == go.topology.getNumResidues()
 
 

@@ -8,6 +8,7 @@ import openmm
 import pytest
 import torch
 from conftest import as_batch, cg_topology, disulfide_pairs
+from openmm import app
 from openmm.app import Element, ForceField, Topology
 
 from openmm_ldb import geometry as g
@@ -22,9 +23,11 @@ def forcefield():
 
 
 def _sub_chain(chain, keep):
-    """The residues ``keep`` (indices) of a real chain, segments left to be recomputed."""
+    """The residues ``keep`` (indices) of a real chain, a new segment where residues are left out
+    (``cg_topology`` then skips a residue number there, as a file with missing residues does)."""
     keep = np.asarray(keep)
-    return dataclasses.replace(chain, restype=chain.restype[keep], segment=np.zeros(len(keep), dtype=np.int64),
+    new = np.concatenate([[False], (np.diff(keep) > 1) | (np.diff(chain.segment[keep]) != 0)])
+    return dataclasses.replace(chain, restype=chain.restype[keep], segment=np.cumsum(new).astype(np.int64),
                                xyz=chain.xyz[:, keep], present=chain.present[keep])
 
 
@@ -101,17 +104,69 @@ def test_multiple_chains(real_chains):
     assert np.array_equal(seg, np.r_[np.zeros(na), np.ones(nb)])
 
 
-def test_chain_break_from_ca_distance(real_chains):
+def test_chain_break_from_numbering_else_distance(real_chains):
+    """A gap in the residue numbering splits a chain (not the distance); a chain whose residues are
+    not numbered one after the other falls back to the distance rule at CHAIN_BREAK_CG."""
     chain = real_chains[0]
     n = len(chain.restype)
     cut = n // 2
     sub = _sub_chain(chain, np.r_[0:cut, cut + 5:n])  # five residues missing: a real gap
+    expected = np.r_[np.zeros(cut), np.ones(n - 5 - cut)]
     m = tp.read_cg_topology(cg_topology([sub]))
-    seg = m.segments(_ca(sub))
-    assert np.linalg.norm(_ca(sub)[cut] - _ca(sub)[cut - 1]) > rc.CHAIN_BREAK_CA_CA
-    assert np.array_equal(seg, np.r_[np.zeros(cut), np.ones(n - 5 - cut)])
-    # consecutive real Cα are all closer than the break distance
+    assert m.connectivity == "numbering" and np.flatnonzero(m.numbering_gaps).tolist() == [cut - 1]
+    assert np.array_equal(m.segments(), expected)  # no positions needed
+    top = cg_topology([sub])
+    for res in top.residues():  # every residue numbered alike: the numbers say nothing
+        res.id = "1"
+    m = tp.read_cg_topology(top)
+    assert m.connectivity == "distance" and m.chain_break == rc.CHAIN_BREAK_CG
+    assert np.linalg.norm(_ca(sub)[cut] - _ca(sub)[cut - 1]) > rc.CHAIN_BREAK_CG
+    assert np.array_equal(m.segments(_ca(sub)), expected)
+    # consecutive real Cα are all closer than the break distance of real chains
     assert (np.linalg.norm(np.diff(_ca(chain), axis=0), axis=-1) < rc.CHAIN_BREAK_CA_CA).all()
+
+
+def test_numbering_steps():
+    """Next number, next insertion code and a number wrapped at the PDB/GRO field width follow;
+    a jump, a repeat or a skipped insertion code is a gap; a smaller number a restart."""
+    F, G, R, U = tp.FOLLOWS, tp.GAP, tp.RESTART, tp.UNNUMBERED
+    ids = ["1", "2", "5", "5", "5", "6", "9999", "0", "3", "1", "x", "2", "2", "99999", "0"]
+    codes = ["", "", "", "A", "B", "", "", "", "", "", "", "", "B", "", ""]
+    assert tp.numbering_steps(ids, codes).tolist() == [F, G, F, F, F, G, F, G, R, U, U, G, G, F]
+    assert tp.numbering_steps(["7", "7", "8"]).tolist() == [G, F]  # a repeat (mdtraj drops insertion codes)
+
+
+def _ca_pdb_lines(rows) -> str:
+    """PDB text of Cα atoms (resname, chain, number, insertion code) 3.8 Å apart; 'TER' rows end a chain."""
+    lines, x = [], 0.0
+    for serial, row in enumerate(rows, start=1):
+        if row == "TER":
+            lines.append(f"TER   {serial:5d}")
+            continue
+        name, chain, number, code = row
+        x += 3.8
+        lines.append(f"ATOM  {serial:5d}  CA  {name} {chain}{number:4d}{code:1s}   {x:8.3f}{0.0:8.3f}{0.0:8.3f}"
+                     "  1.00  0.00           C")
+    return "\n".join(lines) + "\n"
+
+
+def test_file_chains_ter_conect_and_insertion_codes(tmp_path):
+    """What a Cα PDB says decides, in OpenMM's reader and mdtraj's (the CLI's): TER starts a new
+    chain even with the same chain id, CONECT records between beads are bonds, 52 -> 52A -> 53
+    follow each other and 4 -> 52 is a gap (mdtraj drops insertion codes: 52 -> 52 is one too)."""
+    rows = [("GLY", "A", 1, ""), ("ALA", "A", 2, ""), "TER", ("GLY", "A", 3, ""), ("ALA", "A", 4, ""),
+            ("SER", "A", 52, ""), ("SER", "A", 52, "A"), ("LYS", "A", 53, ""), ("ALA", "B", 7, ""),
+            ("ALA", "B", 9, ""), ("GLU", "A", 60, "")]
+    path = tmp_path / "ca.pdb"
+    path.write_text(_ca_pdb_lines(rows) + "CONECT    9   10\nCONECT   10    9\nEND\n")  # B 7 - B 9 bonded
+    m = tp.read_cg_topology(app.PDBFile(str(path)).topology)
+    assert m.chain_ids == ["A", "A", "B", "A"] and m.connectivity == "topology+numbering"
+    assert m.chain_source[:3] == ["numbering", "numbering", "topology"]
+    assert m.segments().tolist() == [0, 0, 1, 1, 2, 2, 2, 3, 3, 4]
+    assert np.flatnonzero(m.numbering_gaps).tolist() == [3]
+    m = tp.read_cg_topology(mdtraj.load_topology(str(path)).to_openmm())
+    assert m.segments().tolist() == [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]
+    assert np.flatnonzero(m.numbering_gaps).tolist() == [3, 4]
 
 
 # ----------------------------------------------------------------------------------------------

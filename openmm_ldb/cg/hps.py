@@ -229,13 +229,23 @@ def random_coil_positions(
         for attempt in range(200):
             start = rng.uniform(0.2, 0.8) * edges if attempt == 0 else rng.uniform(0.1, 0.9, 3) * edges
             coords = [start]
+            if len(placed):
+                # the first bead too keeps off the chains already placed (their images included)
+                gap = placed - start
+                gap -= edges * np.round(gap / edges)
+                if np.min(np.linalg.norm(gap, axis=1)) < dmin:
+                    continue
             ok = True
             for _ in idx[1:]:
                 for _try in range(500):
                     step = rng.normal(size=3)
                     candidate = coords[-1] + b * step / np.linalg.norm(step)
                     others = np.vstack([placed] + [np.array(coords[:-1]).reshape(-1, 3)])
-                    if len(others) == 0 or np.min(np.linalg.norm(others - candidate, axis=1)) >= dmin:
+                    # minimum image: a bead near another's periodic image overlaps it as well (two
+                    # chains threaded through each other that way blow up the first steps)
+                    gap = others - candidate
+                    gap -= edges * np.round(gap / edges)
+                    if len(others) == 0 or np.min(np.linalg.norm(gap, axis=1)) >= dmin:
                         coords.append(candidate)
                         break
                 else:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import geometry as geo
+from ..geometry import nearest_points
 from .. import residues as rc
 from .diffusion import alpha_bar, hash_normal
 from .features import gather_nodes, trace_quality
@@ -38,6 +39,8 @@ from .polish import ContactPolish
 DEFAULT_SETTINGS = {
     "regularize_iterations": 40,
     "min_ca_i2": 4.4,
+    # Cα(i)–Cα(i+2) at most this (Å; the validation chains' largest is 7.44)
+    "max_ca_i2": 7.45,
     "repack_sweeps": 1,
     "repack_cutoff": 3.0,
     "repack_penalty": 0.4,
@@ -118,6 +121,35 @@ DEFAULT_SETTINGS = {
     "polish_margin": 0.4,
     "polish_sweeps": 4,
     "polish_neighbours": 20,
+    # peptide planes turned (about their Cα–Cα axis, by the smallest of tau_offsets degrees, even and
+    # odd planes in turn, tau_rounds times) where the planes the network chose squeeze a residue's
+    # N–CA–C angle below tau_min degrees or open it beyond tau_max: on a distorted CG trace the
+    # predicted planes can bring N and C of one residue within bonding distance, or C onto CB
+    # (-1: off); the same turns part the carbonyl O of consecutive planes closer than carbonyl_min Å
+    "tau_min": 100.0,
+    "tau_max": 125.0,
+    # the limits where the trace regularization moved Cα (a CG trace, not a protein's: its planes
+    # are guesses on a distorted trace; measured on training chains, the tighter limits everywhere
+    # cost crystal traces 0.02 Å of backbone RMSD)
+    "tau_min_moved": 105.0,
+    "tau_max_moved": 118.0,
+    "carbonyl_min": 2.8,
+    "tau_offsets": [10, -10, 20, -20, 30, -30, 45, -45, 60, -60, 90, -90],
+    "tau_rounds": 2,
+    # backbone-aware clash relaxation (``polish.py``, the same steps as the contact polish): heavy
+    # atoms of different residues still closer than backbone_relax_distance + backbone_relax_margin
+    # after the side-chain steps are pushed apart with bonds, angles, rings and peptide planes
+    # kept; the atoms of the residues in contact and of their chain neighbours move, Cα of the
+    # residues in contact by at most backbone_relax_max_ca Å (none with keep_ca).  On a compressed
+    # CG trace no side-chain turn parts two backbones.  0 steps: off
+    "backbone_relax_steps": 6,
+    "backbone_relax_distance": 2.2,
+    "backbone_relax_margin": 0.4,
+    "backbone_relax_max_ca": 0.5,
+    "backbone_relax_ca_weight": 0.5,
+    "backbone_relax_neighbours": 12,
+    "backbone_relax_sweeps": 2,
+    "backbone_relax_end_steps": 4,
     # a residue keeps the previous frame's rotamer in a stream where its neighbourhood moved less (Å)
     "stream_gate": 2.0,
     # largest side-chain turn (degrees) the clash resolution may make to a kept rotamer in a stream
@@ -136,19 +168,6 @@ DEFAULT_SETTINGS = {
 }
 
 
-def nearest_points(query: torch.Tensor, points: torch.Tensor, k: int, chunk: int = 512) -> torch.Tensor:
-    """Indices [B, N, k] of the k ``points`` [B, M, 3] nearest each ``query`` [B, N, 3] (chunked)."""
-    kk = geo.at_most(k, points.shape[1])
-    out: List[torch.Tensor] = []
-    for start, stop in geo.chunk_bounds(query.shape[1], chunk):
-        d = torch.cdist(query[:, start:stop], points)
-        out.append(torch.topk(d, kk, dim=-1, largest=False)[1])
-    idx = torch.cat(out, dim=1)
-    if kk < k:
-        idx = torch.cat([idx, idx[..., :1].expand(idx.shape[0], idx.shape[1], k - kk)], dim=-1)
-    return idx
-
-
 def _turn_about(p: torch.Tensor, origin: torch.Tensor, axis: torch.Tensor, cs: torch.Tensor,
                 sn: torch.Tensor) -> torch.Tensor:
     """Points ``p`` [B, P, 3] turned about the unit ``axis`` [B, P, 1, 3] through ``origin``
@@ -157,6 +176,20 @@ def _turn_about(p: torch.Tensor, origin: torch.Tensor, axis: torch.Tensor, cs: t
     v = v.expand(v.shape[0], v.shape[1], cs.shape[2], 3)
     k = axis.expand_as(v)
     return origin.unsqueeze(2) + v * cs + torch.cross(k, v, dim=-1) * sn + k * (k * v).sum(-1, keepdim=True) * (1.0 - cs)
+
+
+def _plane_atom(x: torch.Tensor, xa: torch.Tensor, u: torch.Tensor, w: torch.Tensor, xy: torch.Tensor,
+                th: torch.Tensor, k: int) -> torch.Tensor:
+    """Atom ``k`` (0: C(p), 2: N(p + 1)) of every peptide plane p [M, N, D, 3] for the plane turns
+    ``th`` [M, N, D] (the plane axes of ``geo.peptide_axes`` and its in-plane coordinates ``xy``)."""
+    m, n = x.shape[0], x.shape[1]
+    perp = torch.cos(th).unsqueeze(-1) * u.unsqueeze(2) + torch.sin(th).unsqueeze(-1) * w.unsqueeze(2)
+    return x.unsqueeze(2) + xy[:, :, k, 0].view(m, n, 1, 1) * xa.unsqueeze(2) + xy[:, :, k, 1].view(m, n, 1, 1) * perp
+
+
+def _cos_angle(centre: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos of the angle a-centre-b."""
+    return (geo.normalize(a - centre) * geo.normalize(b - centre)).sum(-1)
 
 
 def _stable_argmin(score: torch.Tensor, dim: int) -> torch.Tensor:
@@ -279,6 +312,7 @@ class Sampler(nn.Module):
         self.cis_threshold = float(rc.CIS_CA_CA_THRESHOLD)
         self.regularize_iterations = int(s["regularize_iterations"])
         self.min_ca_i2 = float(s["min_ca_i2"])
+        self.max_ca_i2 = float(s["max_ca_i2"])
         self.repack_sweeps = int(s["repack_sweeps"])
         self.repack_cutoff = float(s["repack_cutoff"])
         self.repack_neighbours = int(s["repack_neighbours"])
@@ -321,6 +355,7 @@ class Sampler(nn.Module):
         self.pro_hold = float(s["proline_hold"])
         self.pro_stream_hold = float(s["proline_stream_hold"])
         self.bond_n_cd = 1.473
+        self.min_c_cd = float(rc.MIN_C_CD_PROLINE)
         self.register_buffer("pro_chi1_grid", torch.linspace(-45.0, 45.0, int(s["proline_chi1_grid"])) *
                              (math.pi / 180.0))
         self.register_buffer("ss_grid", torch.arange(int(s["disulfide_grid"])) *
@@ -339,6 +374,22 @@ class Sampler(nn.Module):
         self.relax_neighbours = int(s["relax_neighbours"])
         self.polish = ContactPolish(int(s["polish_steps"]), float(s["polish_margin"]), int(s["polish_neighbours"]),
                                     int(s["polish_sweeps"]))
+        self.cos_tau_min = math.cos(math.radians(float(s["tau_min"]))) if float(s["tau_min"]) > 0 else 2.0
+        self.tau_rounds = int(s["tau_rounds"])
+        self.cos_tau_max = math.cos(math.radians(float(s["tau_max"]))) if float(s["tau_max"]) > 0 else -2.0
+        self.cos_tau_min_moved = math.cos(math.radians(float(s["tau_min_moved"]))) \
+            if float(s["tau_min_moved"]) > 0 else 2.0
+        self.cos_tau_max_moved = math.cos(math.radians(float(s["tau_max_moved"]))) \
+            if float(s["tau_max_moved"]) > 0 else -2.0
+        self.carbonyl_min = float(s["carbonyl_min"])
+        self.register_buffer("tau_offsets", torch.tensor([0.0] + [float(v) for v in s["tau_offsets"]]) *
+                             (math.pi / 180.0))
+        self.backbone_relax = ContactPolish(int(s["backbone_relax_steps"]), float(s["backbone_relax_margin"]),
+                                            int(s["backbone_relax_neighbours"]), int(s["backbone_relax_sweeps"]),
+                                            clash_distance=float(s["backbone_relax_distance"]),
+                                            ca_max_shift=float(s["backbone_relax_max_ca"]),
+                                            ca_weight=float(s["backbone_relax_ca_weight"]),
+                                            end_steps=int(s["backbone_relax_end_steps"]))
         self.register_buffer("chi_exists", torch.as_tensor(rc.chi_mask_array()))          # [R, 4]
         self.register_buffer("heavy_group", self.tables.sc_group[:, :rc.NUM_HEAVY_SLOTS].clone())
         snap = float(s["snap_chi1_beyond"])
@@ -368,6 +419,7 @@ class Sampler(nn.Module):
         self.hydrogen_cutoff = float(s["hydrogen_cutoff"])
         self.hydrogen_neighbours = int(s["hydrogen_neighbours"])
         self.sg_slot = rc.slot_names("CYS").index("SG")
+        self.ca_slot = rc.slot_names("ALA").index("CA")
         self.bond_sg_sg = float(rc.BOND_SG_SG)
         self.angle_cb_sg_sg = math.radians(104.0)
 
@@ -393,7 +445,8 @@ class Sampler(nn.Module):
                                            samples, True)
             guess_wells = None
         atoms, atom_mask, angles = self.finish(x, restype, segment, disulfides, angles, wells=guess_wells,
-                                               well_chi=well_chi)
+                                               well_chi=well_chi, keep_ca=keep_ca, trace=given)
+        shift = self.ca_shift(atoms, given, shift)
         return (atoms.view(bsz, samples, n, atoms.shape[-2], 3), atom_mask, shift.view(bsz, samples),
                 expected_error.view(bsz, samples, n))
 
@@ -405,7 +458,7 @@ class Sampler(nn.Module):
         x = given
         if not keep_ca:
             x = geo.regularize_trace(given, segment, self.cis_threshold, self.min_ca_i2, self.regularize_iterations,
-                                     disulfides)
+                                     disulfides, max_ca_i2=self.max_ca_i2)
         shift = torch.sqrt(((x - given) ** 2).sum(-1)).amax(-1) if n > 0 else torch.zeros(m, device=given.device)
         mask = torch.ones(m, n, device=given.device, dtype=given.dtype)
         quality = trace_quality(given, segment, mask)
@@ -435,7 +488,8 @@ class Sampler(nn.Module):
     def finish(self, x: torch.Tensor, restype: torch.Tensor, segment: torch.Tensor, disulfides: torch.Tensor,
                angles: torch.Tensor, turn_limit: Optional[torch.Tensor] = None,
                hold: Optional[torch.Tensor] = None, fresh: Optional[torch.Tensor] = None,
-               wells: Optional[torch.Tensor] = None, well_chi: Optional[torch.Tensor] = None
+               wells: Optional[torch.Tensor] = None, well_chi: Optional[torch.Tensor] = None,
+               keep_ca: bool = False, trace: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Angles -> atoms: placement, closed rings and disulfides, clash resolution (side chains
         turned by at most ``turn_limit`` [N] radians, unlimited when None; proline puckers kept
@@ -445,7 +499,9 @@ class Sampler(nn.Module):
         rotamer that clashes in the new frame gives way.  ``wells`` (the best guess's well logits
         [M, N, 2, 3]) turn on the chi1 well choice (``well_choice``) for the side chains
         ``turn_limit`` leaves free, with ``well_chi`` (chi2..chi4 in each chi1 well [M, N, 3, 3, 2])
-        as ``well_choice_chi`` says.
+        as ``well_choice_chi`` says.  ``keep_ca``: the backbone relaxation leaves Cα where they are.
+        ``trace``: the Cα as given, before the regularization (where it moved them, the trace was
+        not a protein's, and the N–CA–C limits are ``tau_min_moved`` / ``tau_max_moved``).
         Returns (atoms [M, N, S, 3], atom_mask [N, S], the final angles)."""
         n = x.shape[1]
         limit = turn_limit if turn_limit is not None else torch.full([n], 4.0, device=x.device, dtype=x.dtype)
@@ -453,6 +509,12 @@ class Sampler(nn.Module):
         # would turn it by up to 60 degrees whatever its turn limit
         angles = torch.where((limit > 3.9).view(1, n, 1, 1), self.snap_chi(angles, restype), angles)
         given = angles
+        if self.tau_rounds > 0 and n > 2:
+            strict = torch.zeros(x.shape[0], n, dtype=torch.bool, device=x.device)
+            if trace is not None:
+                off = ((x - trace) ** 2).sum(-1) > 0.0025                          # moved > 0.05 Å
+                strict = off | torch.cat([off[:, 1:], off[:, -1:]], 1) | torch.cat([off[:, :1], off[:, :-1]], 1)
+            angles = self.open_tau(x, segment, angles, strict)
         atoms, atom_mask = self.tables.build_atoms(x, restype, segment, angles)
         if wells is not None and self.well_choice.shape[1] > 0 and n > 1:
             angles, atoms = self.choose_wells(atoms, restype, angles, wells, limit > 3.9, well_chi)
@@ -483,6 +545,8 @@ class Sampler(nn.Module):
             angles = self.relax_side_chains(atoms, restype, angles, fixed,
                                             torch.where(free_now, torch.full_like(limit, 4.0), limit), given)
         atoms = self.tables.place_sidechains(atoms, restype, angles, -1, 0, -1) * atom_mask.unsqueeze(0).unsqueeze(-1)
+        if self.backbone_relax.steps > 0:
+            atoms = self.backbone_relax(atoms, restype, segment, atom_mask, disulfides, keep_ca)
         if self.hydrogen_rounds > 0 and n > 1:
             atoms = self.turn_hydrogens(atoms, restype, atom_mask) * atom_mask.unsqueeze(0).unsqueeze(-1)
         if self.polish.steps > 0:
@@ -537,7 +601,7 @@ class Sampler(nn.Module):
                 a_idx, a_dist = nb, d_frame
             fresh = angles[b:b + 1] if have else None
             atoms_b, atom_mask, final = self.finish(x[b:b + 1], restype, segment, disulfides, ang, limit, hold, fresh,
-                                                    wells[b:b + 1], well_chi[b:b + 1])
+                                                    wells[b:b + 1], well_chi[b:b + 1], keep_ca, ca[b:b + 1])
             outs.append(atoms_b)
             # the state keeps each residue's rotamer as it was when anchored, not this frame's:
             # the clash resolution and the relaxation may turn a kept side chain a little in every
@@ -549,8 +613,75 @@ class Sampler(nn.Module):
             prev_chi = torch.where(keep_anchor.view(n, 1, 1), prev_chi, final[0, :, 4:])
             have = True
         atoms = torch.cat(outs, 0)
+        shift = self.ca_shift(atoms, ca, shift)
         return (atoms.unsqueeze(1), atom_mask, shift.view(bsz, 1), expected_error.view(bsz, 1, n), a_idx, a_dist,
                 prev_chi)
+
+    def open_tau(self, x: torch.Tensor, segment: torch.Tensor, angles: torch.Tensor, strict: torch.Tensor
+                 ) -> torch.Tensor:
+        """Peptide planes (``angles[..., 0, :]``, the turn of plane i -> i+1 about its Cα–Cα axis)
+        turned where they squeeze N–CA–C below ``tau_min`` (or open it beyond ``tau_max``) or bring the carbonyl O of two
+        consecutive planes within ``carbonyl_min``: each plane in turn (even planes, then odd ones,
+        which share no residue) takes the smallest of ``tau_offsets`` that opens both residues it
+        touches and parts its O from its neighbours', those planes held.  Residues where ``strict``
+        [M, N] take the tighter limits ``tau_min_moved`` / ``tau_max_moved``.  Cα, bonds and planes
+        stay ideal."""
+        n = x.shape[1]
+        xa, u, w, dist = geo.peptide_axes(x, segment)
+        xy = self.tables.peptide_template_xy(dist)                              # [M, N, 5, 2]
+        has_prev, has_next = geo.segment_neighbours(segment)
+        # a plane exists between residues p and p + 1 when both are in one segment; tau of a
+        # residue counts when both its planes exist (terminal N or C come from phi/psi)
+        inner = has_prev & has_next
+        inner_next = torch.cat([inner[1:], torch.zeros(1, dtype=torch.bool, device=x.device)])
+        theta = torch.atan2(angles[..., 0, 1], angles[..., 0, 0])              # [M, N]
+        offs = self.tau_offsets.view(1, 1, -1)                                  # [1, 1, D]
+        parity = torch.arange(n, device=x.device) % 2
+        nxt = torch.cat([x[:, 1:], x[:, -1:]], 1)
+        cos_lo = torch.where(strict, torch.full_like(x[..., 0], self.cos_tau_min_moved),
+                             torch.full_like(x[..., 0], self.cos_tau_min)).unsqueeze(-1)      # [M, N, 1]
+        cos_hi = torch.where(strict, torch.full_like(x[..., 0], self.cos_tau_max_moved),
+                             torch.full_like(x[..., 0], self.cos_tau_max)).unsqueeze(-1)
+        cos_lo_next = torch.cat([cos_lo[:, 1:], cos_lo[:, -1:]], 1)
+        cos_hi_next = torch.cat([cos_hi[:, 1:], cos_hi[:, -1:]], 1)
+        for r in range(2 * self.tau_rounds):
+            cur = theta.unsqueeze(-1)
+            c_now = _plane_atom(x, xa, u, w, xy, cur, 0)[:, :, 0]              # C(p)     [M, N, 3]
+            n_now = _plane_atom(x, xa, u, w, xy, cur, 2)[:, :, 0]              # N(p + 1)
+            o_now = _plane_atom(x, xa, u, w, xy, cur, 1)[:, :, 0]              # O(p)
+            o_prev = torch.cat([o_now[:, :1], o_now[:, :-1]], 1).unsqueeze(2)
+            o_next = torch.cat([o_now[:, 1:], o_now[:, -1:]], 1).unsqueeze(2)
+            n_prev = torch.cat([n_now[:, :1], n_now[:, :-1]], 1)                # N(p) from plane p - 1
+            c_next = torch.cat([c_now[:, 1:], c_now[:, -1:]], 1)                # C(p + 1) from plane p + 1
+            cand = theta.unsqueeze(-1) + offs                                   # [M, N, D]
+            c_c = _plane_atom(x, xa, u, w, xy, cand, 0)                        # [M, N, D, 3]
+            n_c = _plane_atom(x, xa, u, w, xy, cand, 2)
+            cos_p = _cos_angle(x.unsqueeze(2), n_prev.unsqueeze(2), c_c)
+            cos_q = _cos_angle(nxt.unsqueeze(2), n_c, c_next.unsqueeze(2))
+            over_p = (torch.relu(cos_p - cos_lo) + torch.relu(cos_hi - cos_p)) * inner.view(1, n, 1).to(x.dtype)
+            over_q = (torch.relu(cos_q - cos_lo_next) + torch.relu(cos_hi_next - cos_q)) * \
+                inner_next.view(1, n, 1).to(x.dtype)
+            o_c = _plane_atom(x, xa, u, w, xy, cand, 1)
+            near_p = torch.relu(self.carbonyl_min - torch.sqrt(((o_c - o_prev) ** 2).sum(-1) + 1e-12)) * \
+                has_prev.view(1, n, 1).to(x.dtype)
+            near_q = torch.relu(self.carbonyl_min - torch.sqrt(((o_c - o_next) ** 2).sum(-1) + 1e-12)) * \
+                inner_next.view(1, n, 1).to(x.dtype)
+            score = over_p + over_q + near_p + near_q
+            best = _stable_argmin(score + 1e-4 * offs.abs(), 2)                 # [M, N]
+            turn = (parity == r % 2) & has_next                                # this round's planes
+            squeezed = score[..., 0] > 0.0
+            theta = torch.where(turn.view(1, n) & squeezed, torch.gather(cand, 2, best.unsqueeze(-1)).squeeze(-1),
+                                theta)
+        plane = torch.stack([torch.cos(theta), torch.sin(theta)], -1).unsqueeze(2)
+        return torch.cat([plane, angles[:, :, 1:]], 2)
+
+    def ca_shift(self, atoms: torch.Tensor, given: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """The largest Cα move [M] of each frame's ``atoms`` [M, N, S, 3] from the ``given`` trace
+        (the trace regularization's ``shift`` and the backbone relaxation's together)."""
+        if atoms.shape[1] == 0:
+            return shift
+        d = atoms[:, :, self.ca_slot] - given
+        return torch.sqrt((d * d).sum(-1)).amax(-1)
 
     # ------------------------------------------------------------------ latents
     def diffusion_angles(self, node, edge, rel, idx, valid, rt, mask, seeds: torch.Tensor, steps: int,
@@ -684,7 +815,7 @@ class Sampler(nn.Module):
         # CD is 1-3 to the previous residue's C (2.5 Å in real prolines): among closures keep it
         # off that C
         d_prev = torch.sqrt(((cd - c_prev_d.unsqueeze(3)) ** 2).sum(-1) + 1e-12)
-        gap = gap + torch.relu(2.3 - d_prev) ** 2 * has_prev[pidx].to(gap.dtype).view(1, npro, 1, 1)
+        gap = gap + torch.relu(self.min_c_cd - d_prev) ** 2 * has_prev[pidx].to(gap.dtype).view(1, npro, 1, 1)
         own = torch.atan2(angles[:, pidx, 4, 1], angles[:, pidx, 4, 0]).view(bsz, npro, 1, 1)
         plane_cost = torch.where(can_turn.view(npro, 1) | (d.view(1, nd) == 0.0),
                                  self.pro_plane_cost * d.abs().view(1, nd),
