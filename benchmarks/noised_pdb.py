@@ -41,7 +41,7 @@ def write_ca_pdb(chain: data.Chain, path: str, noise: float, seed: int) -> None:
         top.addAtom("CA", Element.getBySymbol("C"), res)
     ca = chain.xyz[0, :, 1] + np.random.default_rng(seed).normal(0.0, noise, chain.xyz[0, :, 1].shape)
     with open(path, "w") as fh:
-        PDBFile.writeFile(top, ca, fh)          # PDBFile takes plain numbers as Å
+        PDBFile.writeFile(top, ca, fh, keepIds=True)          # plain numbers are Å; our residue numbers
 
 
 def score(out_pdb: str, ref: data.Chain) -> dict:

@@ -126,6 +126,36 @@ def main():
                   f"clashes {_fmt(m.get('clashes_per_1000'), 1)} per 1000 atoms, GED {_fmt(m.get('ged'), 1)}.",
                   "Command: ``openmm-ldb evaluate --max-chains 60 --ca-noise 0.3 --out "
                   "benchmarks/results/validation_noise03``", ""]
+    cgt = _load("cg_traces.json")
+    if cgt:
+        lines += ["Frames of CG runs", "-----------------", "",
+                  f"The project's own CG models on {dict(val='validation', train='training').get(cgt['split'], cgt['split'])} proteins, {cgt['frames']} frames each (every "
+                  f"{cgt['interval']} steps), backmapped as ``LDBReporter`` does (coherent stream, one thread); "
+                  "no all-atom reference: heavy-atom clashes per 1000 heavy atoms, GED per chain and bond "
+                  "validity of the atoms themselves, mean over proteins (worst protein in brackets), and the "
+                  "largest Cα move per frame. \"side chains only\" is the function without its backbone stages "
+                  "(``tau_rounds`` 0, ``max_ca_i2`` 99, ``backbone_relax_steps`` 0) on the same frames.", ""]
+        rows = []
+        for variant, per_kind in cgt["summary"].items():
+            for kind, m in per_kind.items():
+                rows.append([variant, kind, f"{_fmt(m['clashes_per_1000'])} ({_fmt(m['clashes_per_1000_worst_protein'])})",
+                             f"{_fmt(m['ged_per_chain'])} ({_fmt(m['ged_per_chain_worst_protein'])})",
+                             f"{_fmt(m['bond_validity'], 4)} ({_fmt(m['bond_validity_worst_protein'], 4)})",
+                             _fmt(m["mean_ca_shift"]), _fmt(m["ms_per_residue"])])
+        lines.append(_table(["function", "CG model", "clashes / 1000", "GED / chain", "bond validity",
+                             "Cα move (Å)", "ms / residue"], rows))
+        lines += [f"Command: ``{cgt['command']}``", ""]
+    npdb = _load("noised_pdb.json")
+    if npdb:
+        m = npdb["mean"]
+        lines += ["Noised Cα in PDB files", "----------------------", "",
+                  f"{npdb['files']} validation chains, Gaussian noise {npdb['noise']} Å on every Cα coordinate, "
+                  "written as Cα-only PDB files (one chain id, residue numbers as the structure has them) and "
+                  f"backmapped by one ``openmm-ldb backmap`` call: {npdb['files_with_extra_chains']} files came out "
+                  f"with chains the file does not make; clashes {_fmt(m['clashes_per_1000'])} per 1000 atoms, "
+                  f"GED {_fmt(m['ged'])}, bond validity {_fmt(m['bond_validity'], 4)}, heavy-atom RMSD "
+                  f"{_fmt(m['heavy_rmsd'])} Å, χ1 {_fmt(m['chi1_acc'])}.",
+                  f"Command: ``{npdb['command']}``", ""]
     if "wells" in extra:
         w = extra["wells"]
         lines += ["The χ1 well choice", "------------------", "",
