@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import zlib
 
@@ -69,8 +70,8 @@ def _chains(split: str, count: int, min_res: int = 50, max_res: int = 160):
     return whole[:count]
 
 
-def _run(topology, system, positions, frames: int, seed: int) -> np.ndarray:
-    """[frames, particles, 3] nm: frames every INTERVAL steps after STEPS_BEFORE (10 fs steps, 5 fs
+def _run(topology, system, positions, frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """([frames, particles, 3] nm, box vectors nm): frames every INTERVAL steps after STEPS_BEFORE (10 fs steps, 5 fs
     for several chains in a box: their random-coil start is tighter)."""
     step = 5.0 if topology.getNumChains() > 1 else 10.0
     sim = cg.make_simulation(topology, system, positions, seed=seed, timestep=step * unit.femtosecond)
@@ -195,7 +196,7 @@ def main():
                   f"{s['ged_per_chain_worst_protein']:.2f})  bonds {s['bond_validity']:.4f} (worst "
                   f"{s['bond_validity_worst_protein']:.4f})  Cα shift {s['mean_ca_shift']:.2f} (max "
                   f"{s['max_ca_shift']:.2f})  {s['ms_per_residue']:.2f} ms/res")
-    result = {"command": "python benchmarks/cg_traces.py " + " ".join(os.sys.argv[1:]),
+    result = {"command": "python benchmarks/cg_traces.py " + " ".join(sys.argv[1:]),
               "split": a.split, "frames": a.frames, "interval": INTERVAL, "variants": variants,
               "coherent": not a.per_frame, "summary": summary, "rows": rows,
               "torch_threads": a.threads, "openmm": openmm.__version__}

@@ -88,6 +88,9 @@ def whole_molecules(ca: np.ndarray, mapping: CGMapping, box: np.ndarray) -> np.n
     next to each other) and imaged into the box by their centres.  Å, [F, N, 3]."""
     pairs = mapping.bonded | mapping.by_distance if mapping.bonded is not None else \
         mapping.chain_index[1:] == mapping.chain_index[:-1]
+    if mapping.numbering_gaps is not None and mapping.molecule is not None:
+        # the pieces of one chain a numbering gap splits are one molecule (see topology._connect)
+        pairs = pairs | (mapping.numbering_gaps & (mapping.molecule[1:] == mapping.molecule[:-1]))
     run = np.cumsum(np.concatenate([[True], ~pairs]))
     ca = make_whole(ca, run, box)
     if mapping.links:
@@ -575,16 +578,19 @@ def stream_seed(seed: int | None, n_samples: int, frame_index: int) -> int | Non
 
 def trace_cb(ca: np.ndarray, segment: np.ndarray | None = None) -> np.ndarray:
     """[N, 3] CB estimated from the Cα trace alone (``rc.CB_FROM_TRACE``); NaN where a residue
-    lacks a bonded neighbour on either side."""
+    lacks a bonded neighbour on either side: the same ``segment``, or (without one) a Cα within
+    ``CHAIN_BREAK_CA_CA`` (a soft CG bond stretches further; the segments know it is one)."""
     n = len(ca)
     out = np.full((n, 3), np.nan)
     if n < 3:
         return out
     a, b, c = ca[:-2], ca[1:-1], ca[2:]
-    ok = (np.linalg.norm(b - a, axis=-1) < rc.CHAIN_BREAK_CA_CA) & (np.linalg.norm(c - b, axis=-1) < rc.CHAIN_BREAK_CA_CA)
     if segment is not None:
         seg = np.asarray(segment)
-        ok &= (seg[:-2] == seg[1:-1]) & (seg[1:-1] == seg[2:])
+        ok = (seg[:-2] == seg[1:-1]) & (seg[1:-1] == seg[2:])
+    else:
+        ok = (np.linalg.norm(b - a, axis=-1) < rc.CHAIN_BREAK_CA_CA) & \
+            (np.linalg.norm(c - b, axis=-1) < rc.CHAIN_BREAK_CA_CA)
     x = c - a
     x /= np.linalg.norm(x, axis=-1, keepdims=True) + 1e-9
     y = (b - a) - (c - b)

@@ -5,7 +5,8 @@ The all-atom builder used by the model lives here:
 * the backbone is a chain of rigid, planar peptide units CA(i)-C(i)-O(i)-N(i+1)-H(i+1)-CA(i+1)
   hung between consecutive Cα atoms; each unit has one degree of freedom, its rotation
   about the Cα–Cα axis, so bond lengths and the peptide plane are ideal by construction and
-  the given Cα never move;
+  the builder never moves the Cα it is given (the sampler's trace regularization and clash
+  relaxation move a few, by a bounded, reported amount);
 * chain termini get the missing N (from psi) or C, O, OXT (from phi, psi);
 * side chains and hydrogens follow a z-matrix (NeRF placement) with ideal bonds and angles
   and chi torsions.
@@ -325,12 +326,12 @@ def regularize_trace(ca: torch.Tensor, segment: torch.Tensor, cis_threshold: flo
             if n > 2:
                 span = x[:, 2:] - x[:, :-2]
                 d2 = torch.sqrt((span * span).sum(-1) + 1e-12)
-                short = (d2 - torch.clamp(d2, min=min_ca_i2, max=max_ca_i2)) * span_ok * \
+                excess2 = (d2 - torch.clamp(d2, min=min_ca_i2, max=max_ca_i2)) * span_ok * \
                     (((k2 // 2) % 2) == parity).to(ca.dtype)
-                short = torch.where(short.abs() > 1e-4, short, torch.zeros_like(short))
-                if exporting() or bool((short != 0).any()):
+                excess2 = torch.where(excess2.abs() > 1e-4, excess2, torch.zeros_like(excess2))
+                if exporting() or bool((excess2 != 0).any()):
                     moved = True
-                    corr2 = (short / d2).unsqueeze(-1) * span * 0.5
+                    corr2 = (excess2 / d2).unsqueeze(-1) * span * 0.5
                     z2 = torch.zeros_like(x[:, :2])
                     x = x + torch.cat([corr2, z2], 1) - torch.cat([z2, corr2], 1)
         if disulfides is not None and disulfides.shape[0] > 0:

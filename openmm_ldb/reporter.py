@@ -61,7 +61,8 @@ class LDBReporter(BackmapReporterBase):
     def __init__(self, file, reportInterval, append=False, backmapper=None, model=None, device=None,
                  nSamples=1, seed=None, hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=100,
                  refinePlatform=None, beadName="CA", residues=None, skipUnknown=False, batchSize=8, maxQueue=None,
-                 steps=None, threads=None, nice=19, spool=None, warnBacklog=32, workerDelay=0.0, coherent=True):
+                 steps=None, threads=None, nice=19, spool=None, warnBacklog=32, workerDelay=0.0, coherent=True,
+                 chainBreak=None):
         """Create an LDBReporter.
 
         Parameters
@@ -103,6 +104,10 @@ class LDBReporter(BackmapReporterBase):
             Indices of the CG residues to backmap (others, e.g. ions or ligands, are left out).
         skipUnknown : bool=False
             Leave out residues that are not amino acids instead of raising an error.
+        chainBreak : length=None
+            Decide the chains by Cα–Cα distance (a Quantity, or nm) where neither the System's bonds
+            nor the topology's say which residues are bonded (by default their residue numbering
+            does, and else a 0.65 nm rule).
         batchSize : int=8
             Frames backmapped together by the worker (and the most it holds in memory).
         maxQueue : int=None
@@ -134,7 +139,7 @@ class LDBReporter(BackmapReporterBase):
             backmaps each frame on its own.
         """
         super().__init__(reportInterval, backmapper, model, device, nSamples, seed, hydrogens, minimize, solvent,
-                         minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps)
+                         minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps, chainBreak)
         self._file = os.path.abspath(os.fspath(file))
         from .writers import _format_of
 
@@ -157,7 +162,7 @@ class LDBReporter(BackmapReporterBase):
                        bead_name=self._beadName, residues=self._residues, skip_unknown=self._skipUnknown,
                        batch_size=self._batchSize, interval=self._reportInterval, model=self._model,
                        device=self._device, steps=steps, threads=self._threads, max_batch_residues=None,
-                       coherent=bool(coherent))
+                       coherent=bool(coherent), chain_break=self._chainBreak)
         self._spool = sp.Spool.create(self._spoolPath, options)
         if backmapper is not None:
             self._handOver(backmapper, options)
@@ -189,7 +194,11 @@ class LDBReporter(BackmapReporterBase):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     module = torch.jit.script(module)
-            torch.jit.save(module, path, _extra_files={CARD_NAME: json.dumps(backmapper.card)})
+            # the card carries the sampler settings the worker builds the function with: those of
+            # this backmapper (its file's, and any it was given), not only the file's
+            card = dict(backmapper.card)
+            card["sampler_settings"] = {**card.get("sampler_settings", {}), **backmapper.settings}
+            torch.jit.save(module, path, _extra_files={CARD_NAME: json.dumps(card)})
         except Exception as exc:  # noqa: BLE001 - e.g. a .pt2 program
             raise ValueError("LDBReporter cannot hand this Backmapper's model to its worker process; "
                              "pass model=<path of the model file> instead") from exc

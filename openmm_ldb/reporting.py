@@ -89,7 +89,7 @@ class BackmapReporterBase(object):
 
     def __init__(self, reportInterval, backmapper=None, model=None, device=None, nSamples=1, seed=None,
                  hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=100, refinePlatform=None,
-                 beadName="CA", residues=None, skipUnknown=False, steps=None):
+                 beadName="CA", residues=None, skipUnknown=False, steps=None, chainBreak=None):
         self._reportInterval = int(reportInterval)
         if self._reportInterval < 1:
             raise ValueError(f"reportInterval must be >= 1, got {reportInterval}")
@@ -109,6 +109,9 @@ class BackmapReporterBase(object):
         self._beadName = beadName
         self._residues = None if residues is None else [int(i) for i in residues]
         self._skipUnknown = bool(skipUnknown)
+        # nm (a Quantity is converted): where the CG topology and System say nothing of the chains
+        self._chainBreak = None if chainBreak is None else (
+            chainBreak.value_in_unit(unit.nanometer) if unit.is_quantity(chainBreak) else float(chainBreak))
         self._plan = None
         self._planInput = None  # (cg topology, positions nm, box nm, System) of the first frame
 
@@ -157,7 +160,7 @@ class BackmapReporterBase(object):
         if system is not None and kwargs:
             kwargs["system"] = system
         return bm.plan(cg_topology, positions, self._beadName, self._residues, self._skipUnknown, self._hydrogens,
-                       box_vectors=box, **kwargs)
+                       box_vectors=box, chain_break=self._chainBreak, **kwargs)
 
     def _makeRefiner(self, topology):
         if not self._minimize:

@@ -238,7 +238,7 @@ class SnapshotReporter(BackmapReporterBase):
     def __init__(self, directory, reportInterval, backmapper=None, model=None, device=None, prefix="frame",
                  nSamples=1, seed=None, hydrogens=True, minimize=False, solvent="vacuum", minimizeIterations=200,
                  refinePlatform=None, beadName="CA", residues=None, skipUnknown=False, standardNames=True,
-                 digits=9, steps=None, maxDisulfide=2.2, polish=True):
+                 digits=9, steps=None, maxDisulfide=2.2, polish=True, chainBreak=None):
         """Create a SnapshotReporter.
 
         Parameters
@@ -294,9 +294,11 @@ class SnapshotReporter(BackmapReporterBase):
             (Meeko) rejects a file with such pairs.  It costs about 0.5 ms per residue per
             snapshot; the backmapper given (or created) is copied with the polish on, unless
             its settings already turn it on.
+        chainBreak : length=None
+            As in :class:`~openmm_ldb.reporter.LDBReporter`.
         """
         super().__init__(reportInterval, backmapper, model, device, nSamples, seed, hydrogens, minimize, solvent,
-                         minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps)
+                         minimizeIterations, refinePlatform, beadName, residues, skipUnknown, steps, chainBreak)
         bm = self._getBackmapper()
         if polish and int(bm.module.settings().get("polish_steps", 0)) <= 0:
             # settings the user gave the backmapper stay as they are

@@ -404,7 +404,8 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
         if system is not None and extra:
             extra["system"] = system
         plan = bm.plan(info["topology"], info["positions"], opts["bead_name"], opts["residues"],
-                       opts["skip_unknown"], opts["hydrogens"], box_vectors=info.get("box"), **extra)
+                       opts["skip_unknown"], opts["hydrogens"], box_vectors=info.get("box"),
+                       chain_break=opts.get("chain_break"), **extra)
         refiner = None
         if opts["minimize"]:
             from .refine import Refiner

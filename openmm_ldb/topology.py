@@ -398,7 +398,12 @@ def _connect(mapping: CGMapping, top: Topology, system, res_index: np.ndarray) -
         return x
 
     links = []
-    for k in np.flatnonzero(mapping.bonded | mapping.by_distance):
+    # a gap the numbering jumps over (missing residues) splits the chain, not the molecule: its
+    # pieces stay together when a periodic frame is made whole
+    num = [_residue_number(r) for r in mapping.residue_ids]
+    forward = np.array([a is not None and b is not None and b > a for a, b in itertools.pairwise(num)], dtype=bool)
+    gaps = mapping.numbering_gaps if mapping.numbering_gaps is not None else np.zeros(max(n - 1, 0), dtype=bool)
+    for k in np.flatnonzero(mapping.bonded | mapping.by_distance | (gaps & forward.reshape(gaps.shape))):
         parent[find(int(k) + 1)] = find(int(k))
     mapped = {int(r): k for k, r in enumerate(res_index)}
     if system is not None:

@@ -200,8 +200,9 @@ def test_evaluate_end_to_end(untrained_model, chain, tmp_path):
     assert saved["n_chains"] == 1 and saved["n_residues"] == len(small.restype)
     assert saved["model"]["name"]
     row = saved["chains"][0]
-    # Cα is the input; only the clash relaxation moves a few, by little (crystal Cα: none or 0.02 Å)
-    assert row["ca_rmsd"] < 0.05
+    # Cα is the input; only the clash relaxation moves a few, each by at most backbone_relax_max_ca
+    # (an untrained model clashes more than the shipped one: a loose bound, the RMSD over all Cα)
+    assert row["ca_rmsd"] < 0.1
     assert row["heavy_rmsd"] > 0 and row["ms_per_residue"] > 0
     assert row["segments_match_reference"] is True
     assert row["div"] >= 0 and "sample_heavy_rmsd_best" in row
@@ -256,10 +257,7 @@ def shipped_gb1():
     from openmm_ldb import cg
     from openmm_ldb.backmapper import Backmapper
 
-    try:
-        bm = Backmapper(device="cpu", threads=1)
-    except ValueError as err:  # the shipped file is mid re-export by another change
-        pytest.skip(f"shipped model does not load with this checkout: {err}")
+    bm = Backmapper(device="cpu", threads=1)
     top, pos = cg.ca_from_structure(cg.demo_structure_path())
     pos = np.array(pos.value_in_unit(unit.nanometer))
     frames = pos[None] + np.random.default_rng(5).normal(0.0, 0.02, (2, *pos.shape))  # 0.2 Å CG-like noise

@@ -1,4 +1,10 @@
-"""Contact polish: the last step of the exported function for docking snapshots.
+"""Contacts pushed apart with bonds and angles kept: the backbone-aware clash relaxation of the
+exported function (on by default) and the contact polish of docking snapshots (off by default).
+
+The clash relaxation (a clash distance set) parts heavy atoms of different residues closer than
+the clash distance and a margin after the side-chain steps, and lets the Cα of the residues in
+contact move by at most ``ca_max_shift`` Å: on a compressed CG trace no side-chain turn parts two
+backbones.  The contact polish is what follows.
 
 A receptor preparation (Meeko for AutoDock Vina) rejects a structure with two atoms of different
 residues, hydrogens included, within bonding distance (sum of covalent radii + 0.3 Å).  The rotamer
@@ -7,7 +13,7 @@ backbone or CB, where a CG trace packs two strands or loops too tightly.  This s
 of the residues involved (and their chain neighbours, so that peptide planes can turn) by
 position-based dynamics: each step pushes the pairs that are too close apart, then projects the
 atoms back onto their bonds and bond angles (1-2 and 1-3 distances, whole rings and peptide units
-kept rigid) by a few Jacobi sweeps.  Cα never move.  Off by default (``polish_steps`` 0); a
+kept rigid) by a few Jacobi sweeps.  Its Cα never move.  Off by default (``polish_steps`` 0); a
 :class:`~openmm_ldb.snapshots.SnapshotReporter` turns it on.
 """
 from __future__ import annotations
@@ -93,7 +99,9 @@ class ContactPolish(nn.Module):
     ``ca_max_shift`` Å (``ca_weight`` is their inverse mass against 1 for other atoms): on a
     compressed CG trace no side-chain turn can part two backbones.  Each of ``steps`` steps pushes
     the close pairs apart and projects onto the kept distances (``sweeps`` Jacobi sweeps); then
-    ``end_steps`` more steps only project, Cα held.
+    ``end_steps`` more steps only project; each ends with the Cα clamped to their bound (a last
+    projection with the clamped Cα held, measured on soft-bond Go frames, gave no more valid bonds
+    and brought contacts back).
     """
 
     def __init__(self, steps: int, margin: float, neighbours: int, sweeps: int = 4, clash_distance: float = 0.0,
@@ -164,8 +172,7 @@ class ContactPolish(nn.Module):
             p_lim = self.radius[restype[pi], pa] + self.radius[restype[pj], pb] + 0.3 + self.margin
         vp = atoms[pm, pi, pa] - atoms[pm, pj, pb]
         close = (vp * vp).sum(-1) < p_lim * p_lim
-        has_prev = torch.cat([torch.zeros(1, dtype=torch.bool, device=dev), segment[1:] == segment[:-1]])
-        has_next = torch.cat([segment[1:] == segment[:-1], torch.zeros(1, dtype=torch.bool, device=dev)])
+        has_prev, has_next = geo.segment_neighbours(segment)
         if not geo.exporting() and not bool(close.any()):
             return atoms
         # residues in contact and their chain neighbours move (a peptide plane needs both ends)
@@ -229,7 +236,7 @@ class ContactPolish(nn.Module):
                 flat = flat + delta * share
             if self.ca_max_shift > 0.0:
                 # a Cα moves at most ca_max_shift from where the steps found it (Cα stay free in
-                # the last steps: held, a Cα the clamp stopped would leave its bonds stretched)
+                # the last steps too: held there, Cα the clamp stopped left more bonds stretched)
                 xv = flat.view(m, n, s, 3)
                 dca = xv[:, :, self.ca] - ca0
                 norm = torch.sqrt((dca * dca).sum(-1, keepdim=True) + 1e-12)
