@@ -29,6 +29,10 @@ __all__ = ["LDBReporter", "frame_from_state"]
 logger = logging.getLogger("openmm_ldb.reporter")
 
 
+# seconds the worker may take to write its first frame before a backlog is reported
+_STARTUP_GRACE_S = 30.0
+
+
 class LDBReporter(BackmapReporterBase):
     """LDBReporter backmaps the frames of a Cα coarse-grained simulation to all-atom
     structures and writes them to a trajectory file, one all-atom frame per CG frame.
@@ -128,7 +132,8 @@ class LDBReporter(BackmapReporterBase):
             The spool folder (default ``<file>.ldbspool``).
         warnBacklog : int=32
             Log a warning when this many frames wait for the worker, and again each time the
-            backlog doubles.
+            backlog doubles; not while the worker is still starting (loading torch and the
+            model), unless that takes over 30 s.
         workerDelay : float=0.0
             Extra seconds the worker waits per batch (for tests of a slow worker).
         coherent : bool=True
@@ -296,7 +301,12 @@ class LDBReporter(BackmapReporterBase):
         self._lastStep = step
         self._checkWorker()
         queued = self._accepted - int(self._spool.status[sp.S_WRITTEN])
-        if queued >= self._warnAt:
+        # frames queue while the worker starts (it imports torch and loads the model, a few
+        # seconds): a backlog is worth a warning once the worker is ready, or if starting takes
+        # too long
+        started = int(self._spool.status[sp.S_STATE]) not in (sp.STARTING, sp.LOADING) or \
+            time.perf_counter() - self._t0 > _STARTUP_GRACE_S
+        if queued >= self._warnAt and started:
             self._warnAt *= 2
             elapsed = max(time.perf_counter() - self._t0, 1e-9)
             logger.warning(

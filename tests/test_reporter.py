@@ -313,3 +313,26 @@ def test_reporter_keeps_the_backmappers_settings(tmp_path):
         out[name] = np.concatenate([f.positions[None] for f in bm.stream(plan, list(frames))])[:, 0] * 10.0
     assert np.abs(written - out["custom"]).max() < 2e-3          # Å (DCD keeps float32 nm)
     assert np.abs(written - out["default"]).max() > 0.1
+
+
+def test_no_backlog_warning_while_the_worker_starts(tmp_path, caplog, monkeypatch):
+    """Frames queue while the worker imports torch and loads the model: that is not a backlog
+    worth a warning (the demo printed three before its worker had started).  Without the start-up
+    grace the same run warns (the test can fail)."""
+    import logging
+
+    from openmm_ldb import reporter as reporter_module
+
+    warned = {}
+    for grace in (30.0, 0.0):
+        monkeypatch.setattr(reporter_module, "_STARTUP_GRACE_S", grace)
+        go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
+        sim = cg.make_simulation(go.topology, go.create_system(), go.native_positions, seed=1)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="openmm_ldb"):
+            with LDBReporter(str(tmp_path / f"aa{grace:g}.dcd"), 20, warnBacklog=4, workerDelay=2.0) as rep:
+                sim.reporters.append(rep)
+                sim.step(400)                       # 20 frames, all before the worker writes one
+        warned[grace] = [r for r in caplog.records if "behind the simulation" in r.getMessage()]
+        assert rep.framesWritten == 20
+    assert not warned[30.0] and warned[0.0]
