@@ -417,36 +417,50 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
         status[S_WRITTEN] = start
         status[S_STATE] = RUNNING
         batch = int(opts["batch_size"])
-        released = start
-
-        def frames():
-            k = start
+        coherent = bool(opts.get("coherent", True))
+        # the coherent stream's state (each residue's kept rotamer and anchor) is checkpointed
+        # after every batch written, so that a run finished by ``openmm-ldb recover`` writes the
+        # atoms an uninterrupted run writes: frames from the checkpoint to the first one missing
+        # are backmapped again (not written) to bring the state up to it
+        state: dict = {}
+        checkpoint = _load_stream_state(spool.path, bm.device) if coherent else None
+        if coherent and start > 0:
+            if checkpoint is not None and checkpoint[0] <= start:
+                state = checkpoint[1]
+                if checkpoint[0] < start:
+                    for _ in bm.stream(plan, spool.read(checkpoint[0], start), opts["n_samples"], opts["seed"],
+                                       batch, start_index=checkpoint[0], coherent=True, stream_state=state):
+                        pass
+            else:
+                logger.warning("%s: no stream state for frame %d: the coherent stream starts again there (side "
+                               "chains may differ from an uninterrupted run's)", path, start)
+        released = checkpoint[0] if checkpoint is not None and checkpoint[0] <= start else start
+        k = start
+        try:
             while True:
                 n = spool.count()
-                if k < n:
-                    stop = min(n, k + batch)
-                    if delay:
-                        time.sleep(delay)
-                    yield from spool.read(k, stop)
-                    k = stop
-                    status[S_READ] = k
-                    if k >= n:
-                        yield None  # nothing more for now: backmap what is collected
-                elif ctl.closing:
-                    if spool.count() <= k:
-                        return
-                else:
+                if k >= n:
+                    if ctl.closing and spool.count() <= k:
+                        break
                     ctl.wait(0.05)
-
-        try:
-            for frame in bm.stream(plan, frames(), opts["n_samples"], opts["seed"], batch, refiner=refiner,
-                                   start_index=start, coherent=opts.get("coherent", True)):
-                sink.write(frame)
-                written += 1
-                status[S_WRITTEN] = frame.index + 1
-                status[S_PEAK_KB] = _peak_kb()
-                done = min(sink.done)
-                if done - released >= 8:  # the disk holds only the frames not yet written
+                    continue
+                stop = min(n, k + batch)
+                if delay:
+                    time.sleep(delay)
+                chunk = spool.read(k, stop)
+                status[S_READ] = stop
+                for frame in bm.stream(plan, chunk, opts["n_samples"], opts["seed"], batch, refiner=refiner,
+                                       start_index=k, coherent=coherent, stream_state=state):
+                    sink.write(frame)
+                    written += 1
+                    status[S_WRITTEN] = frame.index + 1
+                    status[S_PEAK_KB] = _peak_kb()
+                k = stop
+                if state:
+                    _save_stream_state(spool.path, k, state)
+                # the disk holds only the frames not yet written (and those since the checkpoint)
+                done = min(min(sink.done), k)
+                if done - released >= 8:
                     spool.release(released, done)
                     released = done
         finally:
@@ -465,6 +479,27 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
     if not keep:
         spool.remove()
     return written
+
+
+STREAM_STATE = "stream_state.npz"
+
+
+def _save_stream_state(path: str, index: int, state: dict) -> None:
+    """The coherent stream's state before frame ``index`` (arrays only: nothing that runs code)."""
+    tmp = os.path.join(path, STREAM_STATE + ".tmp.npz")
+    np.savez(tmp, index=np.asarray(index), **{k: v.detach().cpu().numpy() for k, v in state.items()})
+    os.replace(tmp, os.path.join(path, STREAM_STATE))
+
+
+def _load_stream_state(path: str, device) -> tuple[int, dict] | None:
+    """``(index, state)`` of the last checkpoint, or None."""
+    import torch
+
+    try:
+        with np.load(os.path.join(path, STREAM_STATE), allow_pickle=False) as f:
+            return int(f["index"]), {k: torch.as_tensor(f[k], device=device) for k in f.files if k != "index"}
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
 
 
 def _warm_up(bm) -> None:
