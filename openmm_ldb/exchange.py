@@ -305,8 +305,9 @@ def to_all_atom(cg_simulation: app.Simulation, backmapper=None, solvent: str = "
     cg_xyz = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
     box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer) \
         if _is_periodic(cg_simulation) else None
+    # the chains and molecules from the CG System's bonds, as the reporter's worker takes them
     plan = backmapper.plan(cg_simulation.topology, cg_xyz, bead_name, residues, skip_unknown, hydrogens=True,
-                           box_vectors=box)
+                           box_vectors=box, system=cg_simulation.system)
     mapping = plan.mapping
     ca = np.asarray(cg_xyz, dtype=np.float64)[mapping.bead_index]
     if box is not None:  # whole chains; for a non-periodic all-atom system also the complex gathered

@@ -219,3 +219,34 @@ def test_to_all_atom_of_a_real_protein_is_fast_and_clean():
     assert lengths.max() < 0.22, lengths.max()              # S–S is the longest bond (0.204 nm)
     assert metrics.threaded_rings(aa.topology, xyz_nm) == []
     assert _energy(aa) < 0
+
+
+def test_to_all_atom_takes_its_chains_from_the_system():
+    """A CG System without the bond between residues 28 and 29 (the topology's numbering runs on):
+    the all-atom system has a chain break there, as the reporter's plan has; before, the plan
+    ignored the System and joined them (the test can fail)."""
+    import openmm
+
+    from openmm_ldb.backmapper import Backmapper
+
+    go = cg.GoModel.from_structure(str(cg.demo_structure_path()))
+    system = go.create_system()
+    index = next(k for k in range(system.getNumForces())
+                 if isinstance(system.getForce(k), openmm.HarmonicBondForce))
+    bonds = system.getForce(index)
+    kept = openmm.HarmonicBondForce()
+    for k in range(bonds.getNumBonds()):
+        i, j, r0, kb = bonds.getBondParameters(k)
+        if {i, j} != {27, 28}:
+            kept.addBond(i, j, r0, kb)
+    system.removeForce(index)
+    system.addForce(kept)
+    cg_sim = cg.make_simulation(go.topology, system, go.native_positions, seed=1, **CPU)
+    bm = Backmapper(threads=1)
+    reporter_plan = bm.plan(go.topology, go.native_positions, system=system)
+    assert reporter_plan.segment[27] != reporter_plan.segment[28]
+    aa = exchange.to_all_atom(cg_sim, bm, solvent="vacuum", minimize_iterations=20, free_minimize_iterations=0,
+                              **CPU)
+    res = list(aa.topology.residues())
+    oxt = [r.index for r in res if any(a.name == "OXT" for a in r.atoms())]
+    assert aa.topology.getNumChains() == 2 and len(oxt) == 2, (aa.topology.getNumChains(), oxt)
