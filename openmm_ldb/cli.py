@@ -324,7 +324,7 @@ def _train(args) -> int:
         tops = args.top * len(args.trajectory) if len(args.top) == 1 else (args.top or [None] * len(args.trajectory))
         init = None if args.init in (None, "default") else args.init
         s = finetune(args.out, init=init, trajectories=list(zip(args.trajectory, tops)), structures=args.structures,
-                     minutes=args.minutes if args.minutes != 100.0 else 5.0, max_steps=args.max_steps,
+                     minutes=args.minutes if args.minutes is not None else 5.0, max_steps=args.max_steps,
                      threads=args.threads)
         b, a = s["validation_before"], s["validation_after"]
         print(f"held-out ({s['split']}; {s['val_items']} frames): best-guess heavy-atom RMSD "
@@ -336,8 +336,9 @@ def _train(args) -> int:
     cache = os.path.join(args.out, "dataset.pt")
     if not os.path.exists(cache):
         featurize_dataset(data_dir(args.data), out=cache, workers=args.workers)
-    ckpt = train(cache, args.out, minutes=args.minutes, batch_chains=args.batch, lr=args.lr, threads=args.threads)
-    path = export_model(ckpt, os.path.join(args.out, "model.pt"), {"training": {"minutes": args.minutes}})
+    minutes = args.minutes if args.minutes is not None else 100.0
+    ckpt = train(cache, args.out, minutes=minutes, batch_chains=args.batch, lr=args.lr, threads=args.threads)
+    path = export_model(ckpt, os.path.join(args.out, "model.pt"), {"training": {"minutes": minutes}})
     print(f"trained model: {path}")
     return 0
 
@@ -418,7 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an LDB model on a folder of structures (train.tsv layout)")
     t.add_argument("--data", default=None, help="data folder (default $OPENMM_LDB_DATA or ../shared/data)")
     t.add_argument("--out", default="runs/ldb")
-    t.add_argument("--minutes", type=float, default=100.0)
+    # None: 100 minutes for a new model, 5 for a fine-tune (a --minutes the user gives is taken as
+    # given: before, --minutes 100 on a fine-tune silently became 5)
+    t.add_argument("--minutes", type=float, default=None,
+                   help="training wall time (default: 100 for a new model, 5 for a fine-tune)")
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--threads", type=int, default=None)

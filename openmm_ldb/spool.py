@@ -32,12 +32,10 @@ finished by ``openmm-ldb recover`` without losing or repeating a frame.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import mmap
 import os
 import pickle
-import resource
 import select
 import shutil
 import struct
@@ -222,6 +220,11 @@ class Spool:
 
     def lock(self, blocking: bool = False):
         """Take the writer's lock; returns the open file (keep it) or raises BlockingIOError."""
+        try:
+            import fcntl  # POSIX only: imported here so that the package imports on Windows too
+        except ImportError:
+            raise RuntimeError("LDBReporter's spool needs POSIX file locks (Linux, macOS); on this system "
+                               "backmap with Backmapper or the openmm-ldb CLI") from None
         f = open(os.path.join(self.path, "lock"), "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -332,6 +335,10 @@ class _Control:
 
 
 def _peak_kb() -> int:
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 

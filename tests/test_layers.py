@@ -44,3 +44,17 @@ def test_no_module_imports_from_a_higher_layer():
             if name in LAYERS and LAYERS[name] > own:
                 upward.append(f"{path.relative_to(ROOT)}:{line} (layer {own}) imports {name} (layer {LAYERS[name]})")
     assert not upward, "\n".join(upward)
+
+
+def test_package_imports_without_posix_only_modules():
+    """The package (Backmapper, the reporters, the CLI) imports where fcntl and resource do not
+    exist (Windows): before, spool.py imported them at module level and ``import openmm_ldb``
+    failed there.  Checked in a fresh interpreter with both modules made unimportable."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['fcntl'] = None; sys.modules['resource'] = None\n"
+            "import openmm_ldb\nfrom openmm_ldb import Backmapper, LDBReporter, SnapshotReporter\n"
+            "from openmm_ldb import cli, spool\nprint('ok')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
