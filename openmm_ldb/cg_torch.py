@@ -21,6 +21,8 @@ from typing import List
 import numpy as np
 import torch
 
+from .data import load_tensors
+
 PRIOR_JSON = Path(__file__).parent / "resources" / "ca_prior.json"
 KT_300 = 2.494  # kJ/mol at 300 K
 
@@ -41,7 +43,7 @@ def _table(values: np.ndarray, lo: float, hi: float, bins: int, jacobian, kt: fl
 
 def fit_prior(dataset_path: str, max_chains: int = 600) -> dict:
     """Boltzmann-inverted Cα statistics of the training split of a featurized dataset."""
-    data = torch.load(dataset_path, weights_only=False)
+    data = load_tensors(dataset_path)
     bonds, angles, dihedrals, pairs = [], [], [], []
     chains = [c for c in data["chains"] if c["split"] == "train"][:max_chains]
     for c in chains:

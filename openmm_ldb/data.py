@@ -161,6 +161,19 @@ def _featurize_row(row: dict) -> tuple[dict | None, Counter]:
             "xyz": chain.xyz[0, :, :heavy].astype(np.float32), "present": chain.present[:, :heavy]}, skipped
 
 
+def load_tensors(path: str, map_location="cpu"):
+    """A checkpoint or featurized dataset written with ``torch.save``, read weights-only: tensors,
+    numpy arrays and plain containers come back, and a file that would run code when read (a
+    crafted pickle) is refused with ``pickle.UnpicklingError`` instead."""
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    # numpy arrays and their dtypes (numpy 2 pickles a dtype by its class, e.g. Int64DType)
+    dtypes = [t for t in vars(getattr(np, "dtypes", np)).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    with torch.serialization.safe_globals([np.ndarray, np.dtype, core.multiarray._reconstruct, *dtypes]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def featurize_dataset(path: str | None = None, out: str = "cache/dataset.pt", workers: int = 2,
                       limit: int | None = None) -> dict:
     """Read every chain of ``train.tsv`` once and cache the model's inputs and targets.

@@ -19,6 +19,7 @@ from importlib import resources
 import torch
 
 from . import residues as rc
+from .data import load_tensors
 from .model import LDBConfig, LDBModel, Sampler
 from .model.sampler import BestGuessProgram
 
@@ -57,7 +58,7 @@ def model_card(config: LDBConfig, extra: dict | None = None, settings: dict | No
 
 
 def load_checkpoint(path: str) -> LDBModel:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_tensors(path)
     model = LDBModel(LDBConfig(**ck["config"]))
     missing, unexpected = model.load_state_dict(ck["model"], strict=False)
     # a checkpoint from before the per-well chi head has none (it is read only when the

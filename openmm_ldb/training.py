@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 import torch
 
+from .data import load_tensors
 from .model import LDBConfig, LDBModel, Sampler
 
 
@@ -77,7 +78,7 @@ def load_split(dataset: str) -> tuple[list[dict], list[dict], dict]:
     """Training chains, validation chains (30-400 residues, in a fixed shuffled order) and the
     reader's skip counts of a featurized dataset; the split is by cluster
     (``data.is_validation_cluster``)."""
-    data = torch.load(dataset, weights_only=False)
+    data = load_tensors(dataset)
     chains = [c for c in data["chains"] if c["split"] == "train"]
     val = [c for c in data["chains"] if c["split"] == "val" and 30 <= len(c["restype"]) <= 400]
     random.Random(1).shuffle(val)
@@ -160,7 +161,7 @@ def train(dataset: str, out: str, minutes: float = 60.0, joint_fraction: float =
     step, phase = 0, "joint"
     elapsed_before = 0.0
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = load_tensors(ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, phase, elapsed_before = ck["step"], ck["phase"], ck.get("elapsed", 0.0)
@@ -270,7 +271,7 @@ def train_guess(dataset: str, out: str, minutes: float = 60.0, init: str | None 
     gen = torch.Generator().manual_seed(seed)
     step, cpu_before, wall_before = 0, 0.0, 0.0
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = load_tensors(ckpt_path)
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = LDBModel(LDBConfig(**ck["config"]))
@@ -472,7 +473,7 @@ def finetune(out: str, init: str | None = None, trajectories=(), structures=(), 
     ckpt = train_guess("", out, minutes=minutes, init=init, batch_chains=batch_chains, crop=crop, lr=lr,
                        threads=threads, max_steps=max_steps, chains=train_items, val=None, progress=True,
                        log_every=10, ckpt_every=50)
-    ck = torch.load(ckpt, weights_only=False)
+    ck = load_tensors(ckpt)
     model = LDBModel(LDBConfig(**ck["config"]))
     model.load_state_dict(ck["model"])
     model.eval()

@@ -176,3 +176,38 @@ def test_well_chi_loss_reads_the_true_chi1_well():
     well_chi[0, 0, 2] = wrong
     well_chi[0, 0, 0] = true[0, 0, geo.CHI0 + 1:]
     assert float(well_chi_loss(well_chi, true, mask, restype, tables)) > 0.5
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_and_datasets_are_read_without_running_code(tmp_path):
+    """A crafted checkpoint or featurized dataset is refused where it would have run code when
+    read (``torch.load(weights_only=False)`` before); real ones, with tensors and numpy arrays,
+    still load."""
+    import pickle
+
+    from openmm_ldb import export, training
+    from openmm_ldb.data import load_tensors
+
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"model": {}, "config": _RunsCode(marker), "chains": []}, crafted)
+    for read in (load_tensors, export.load_checkpoint, training.load_split):
+        with pytest.raises(pickle.UnpicklingError):
+            read(str(crafted))
+    assert not marker.exists()
+    real = tmp_path / "dataset.pt"
+    arrays = {"name": "x", "split": "train", "restype": np.arange(3), "xyz": np.zeros((3, 15, 3), np.float32)}
+    torch.save({"chains": [arrays], "skipped": {"unreadable": 1}}, real)
+    back = load_tensors(str(real))
+    assert np.array_equal(back["chains"][0]["restype"], np.arange(3)) and back["skipped"] == {"unreadable": 1}

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 import torch
 
+from openmm_ldb.data import load_tensors
 from openmm_ldb.evaluate import evaluate, validation_chains
 from openmm_ldb.export import default_model_path, export_model, load_checkpoint, model_from_exported
 
@@ -65,7 +66,7 @@ def heads_summary(log_path: str, before: dict, ck: dict) -> dict:
 def load_candidate(path: str):
     if path.endswith(".pt") and "checkpoint" not in os.path.basename(path):
         return model_from_exported(path)[0], None
-    ck = torch.load(path, weights_only=False)
+    ck = load_tensors(path)
     return load_checkpoint(path), ck
 
 
