@@ -210,7 +210,7 @@ class LDBReporter(BackmapReporterBase):
         options.update(model=path, device=options["device"] or str(backmapper.device),
                        steps=options["steps"] if options["steps"] is not None else backmapper.steps,
                        max_batch_residues=backmapper.max_batch_residues)
-        sp._atomic_pickle(os.path.join(self._spoolPath, "options.pkl"), dict(options, version=sp.VERSION))
+        sp.write_json(os.path.join(self._spoolPath, sp.OPTIONS), dict(options, version=sp.VERSION))
 
     # ------------------------------------------------------------------ progress
     @property

@@ -4,11 +4,13 @@ A spool is a folder (by default ``<trajectory>.ldbspool`` beside the all-atom tr
 :class:`~openmm_ldb.reporter.LDBReporter` creates when it is constructed and removes when every
 frame is written:
 
-``options.pkl``
+``options.json``
     The reporter's settings (output file, samples, seed, model, writers' settings).
-``topology.pkl``
-    Written at the first report: the CG topology, the first frame (for the plan), the time step,
-    the simulation's platform and the worker's thread count.
+``topology.json``
+    Written at the first report: the CG topology (chains, residues, atoms, bonds), the first
+    frame (for the plan), the CG System's bond forces (OpenMM XML), the time step, the
+    simulation's platform and the worker's thread count.  JSON, not pickle: reading a spool
+    (``openmm-ldb recover``) runs no code from it.
 ``frames.bin``
     Append-only fixed-size records, one per accepted frame: step (int64), time (float64, ps),
     box vectors (9 float32, nm; zeros when not periodic), positions (float32, nm).  The reporter
@@ -32,10 +34,10 @@ finished by ``openmm-ldb recover`` without losing or repeating a frame.
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
 import os
-import pickle
 import select
 import shutil
 import struct
@@ -47,7 +49,7 @@ import numpy as np
 logger = logging.getLogger("openmm_ldb.spool")
 
 SPOOL_SUFFIX = ".ldbspool"
-VERSION = 1
+VERSION = 2          # 2: JSON files (1 pickled them; such a spool is refused, not unpickled)
 _RECORD_HEAD = struct.Struct("<qd")  # step, time (ps)
 _STATUS_SLOTS = 64
 _MAX_OUTPUTS = _STATUS_SLOTS - 16
@@ -92,7 +94,7 @@ class Spool:
                 f"`openmm-ldb recover {path}` (or delete the folder) before starting a new run with this output")
         os.makedirs(path)
         spool = cls(path)
-        _atomic_pickle(os.path.join(path, "options.pkl"), dict(options, version=VERSION))
+        write_json(os.path.join(path, OPTIONS), dict(options, version=VERSION))
         with open(os.path.join(path, "status.bin"), "wb") as f:
             f.write(b"\0" * (8 * _STATUS_SLOTS))
         spool.status[S_VERSION] = VERSION
@@ -104,7 +106,7 @@ class Spool:
         self._n_particles = int(info["n_particles"])
         self._record_size = record_size(self._n_particles)
         self._fd = os.open(os.path.join(self.path, "frames.bin"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _atomic_pickle(os.path.join(self.path, "topology.pkl"), self._topology)
+        write_json(os.path.join(self.path, TOPOLOGY), _topology_record(self._topology))
 
     def append(self, step: int, time_ps: float, positions: np.ndarray, box: np.ndarray | None) -> None:
         """Append one frame with a single ``write`` (complete in the file when this returns)."""
@@ -126,18 +128,18 @@ class Spool:
     @property
     def options(self) -> dict:
         if self._options is None:
-            with open(os.path.join(self.path, "options.pkl"), "rb") as f:
-                self._options = pickle.load(f)
+            with open(os.path.join(self.path, OPTIONS)) as f:
+                self._options = json.load(f)
         return self._options
 
     def has_topology(self) -> bool:
-        return os.path.exists(os.path.join(self.path, "topology.pkl"))
+        return os.path.exists(os.path.join(self.path, TOPOLOGY))
 
     @property
     def topology(self) -> dict:
         if self._topology is None:
-            with open(os.path.join(self.path, "topology.pkl"), "rb") as f:
-                self._topology = pickle.load(f)
+            with open(os.path.join(self.path, TOPOLOGY)) as f:
+                self._topology = _topology_from_record(json.load(f))
             self._n_particles = int(self._topology["n_particles"])
             self._record_size = record_size(self._n_particles)
         return self._topology
@@ -272,11 +274,61 @@ def _libc():
     return _LIBC[0]
 
 
-def _atomic_pickle(path: str, obj) -> None:
+OPTIONS, TOPOLOGY = "options.json", "topology.json"
+
+
+def write_json(path: str, obj) -> None:
+    """``obj`` as JSON, atomically (numpy arrays and numbers as lists and numbers)."""
+    def plain(x):
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        if isinstance(x, np.generic):
+            return x.item()
+        if hasattr(x, "getName"):  # an openmm Platform: its name
+            return x.getName()
+        raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    with open(tmp, "w") as f:
+        json.dump(obj, f, default=plain)
     os.replace(tmp, path)
+
+
+def _topology_record(info: dict) -> dict:
+    """The topology info of :meth:`Spool.write_topology` with its ``openmm.app.Topology`` spelled
+    out: chains (id), residues (name, id, insertion code), atoms (name, element), bonds."""
+    top = info.get("topology")
+    if top is None:
+        return dict(info)
+    chains = [{"id": c.id, "residues": [{"name": r.name, "id": r.id, "icode": r.insertionCode,
+                                         "atoms": [[a.name, a.element.symbol if a.element is not None else None]
+                                                   for a in r.atoms()]} for r in c.residues()]}
+              for c in top.chains()]
+    return dict(info, topology={"chains": chains, "bonds": [[a.index, b.index] for a, b in top.bonds()]})
+
+
+def _topology_from_record(record: dict) -> dict:
+    from openmm.app import Element, Topology
+
+    spec = record.get("topology")
+    out = dict(record)
+    for key in ("positions", "box"):
+        if record.get(key) is not None:
+            out[key] = np.asarray(record[key], dtype=np.float64)
+    if spec is None:
+        return out
+    top = Topology()
+    atoms = []
+    for c in spec["chains"]:
+        chain = top.addChain(c["id"])
+        for r in c["residues"]:
+            res = top.addResidue(r["name"], chain, r["id"], r["icode"])
+            for name, symbol in r["atoms"]:
+                atoms.append(top.addAtom(name, None if symbol is None else Element.getBySymbol(symbol), res))
+    for a, b in spec["bonds"]:
+        top.addBond(atoms[a], atoms[b])
+    out["topology"] = top
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- draining
@@ -530,8 +582,11 @@ def recover(path: str, device=None, threads: int | None = None, keep: bool = Fal
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path) and os.path.isdir(path + SPOOL_SUFFIX):
         path = path + SPOOL_SUFFIX  # the trajectory's name was given
-    if not os.path.exists(os.path.join(path, "options.pkl")):
-        raise FileNotFoundError(f"{path} is not an LDBReporter spool (no options.pkl)")
+    if not os.path.exists(os.path.join(path, OPTIONS)):
+        if os.path.exists(os.path.join(path, "options.pkl")):
+            raise ValueError(f"{path} was written by an older openmm-ldb (pickled settings, which could run code "
+                             "when read): finish it with the openmm-ldb version that wrote it")
+        raise FileNotFoundError(f"{path} is not an LDBReporter spool (no {OPTIONS})")
     spool = Spool(path)
     err = spool.error()
     if err:

@@ -382,3 +382,41 @@ def test_recover_writes_the_atoms_of_an_uninterrupted_run(tmp_path, monkeypatch)
     assert xyz["whole"].shape[0] == xyz["cut"].shape[0] == xyz["restarted"].shape[0] == 30
     assert np.abs(xyz["cut"] - xyz["whole"]).max() < 1e-3                   # Å
     assert np.abs(xyz["restarted"] - xyz["whole"]).max() > 0.1
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (a crafted spool file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_spool_files_run_no_code_when_read(tmp_path, tiny_model):
+    """A spool's settings and topology are JSON (the CG topology spelled out); ``recover`` of a
+    folder holding a crafted pickle in the old layout refuses it with one line and runs nothing
+    (before, ``openmm-ldb recover`` unpickled options.pkl and topology.pkl)."""
+    import json
+    import pickle
+
+    _, sim = _go_sim()
+    out = str(tmp_path / "aa.dcd")
+    rep = LDBReporter(out, 10, model=tiny_model)
+    sim.reporters.append(rep)
+    sim.step(30)
+    spool_dir = rep.spoolPath
+    for name in ("options.json", "topology.json"):
+        with open(os.path.join(spool_dir, name)) as f:
+            json.load(f)
+    rep.close()
+    assert rep.framesWritten == 3
+    crafted = tmp_path / "old.dcd.ldbspool"
+    crafted.mkdir()
+    marker = tmp_path / "code_ran"
+    with open(crafted / "options.pkl", "wb") as f:
+        pickle.dump({"output": str(tmp_path / "x.dcd"), "hook": _RunsCode(marker)}, f)
+    with pytest.raises(ValueError, match="older openmm-ldb"):
+        recover(str(crafted))
+    assert not marker.exists()
