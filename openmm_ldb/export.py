@@ -199,9 +199,20 @@ class Pt2Backmapper(torch.nn.Module):
         return (torch.cat([o[0] for o in outs]), outs[0][1], torch.cat([o[2] for o in outs]),
                 torch.cat([o[3] for o in outs]))
 
-    def stream(self, *args, **kwargs):
-        raise ValueError("coherent streams (stream=True) need the TorchScript (.pt) model; a .pt2 model maps "
-                         "each frame on its own")
+    def stream(self, ca, restype, segment, disulfides, anchor_idx, anchor_dist, prior_chi, has_prior: bool,
+               keep_ca: bool = False):
+        """The first frame of a stream is the per-frame best guess, which the program computes;
+        a stream's later frames need the state the program does not return (one frame, as
+        ``openmm-ldb backmap one.pdb --model x.pt2``, works)."""
+        if has_prior or ca.shape[0] != 1:
+            raise ValueError("coherent streams of several frames need the TorchScript (.pt) model; a .pt2 model "
+                             "maps each frame on its own (--per-frame, coherent=False)")
+        atoms, mask, shift, error = self.forward(ca, restype, segment, disulfides,
+                                                 torch.zeros(1, dtype=torch.long, device=ca.device), keep_ca=keep_ca)
+        n = ca.shape[1]
+        # no state for a next frame: a later call with it (has_prior) is refused above
+        return (atoms, mask, shift, error, torch.zeros(n, 1, dtype=torch.long, device=ca.device),
+                torch.zeros(n, 1, device=ca.device), torch.zeros(n, 4, 2, device=ca.device))
 
 
 def _is_exported(path: str) -> bool:

@@ -130,6 +130,22 @@ def test_pt2_is_the_same_function(go, tmp_path):
             pt2(ca[:, :20], restype[:20], segment[:20], torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         with pytest.raises(ValueError, match="best guess only"):
             pt2(ca, restype, segment, torch.zeros(0, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), 4, 2, False)
+    # one frame through the CLI (a coherent stream of one frame is that frame's best guess): the
+    # TorchScript file's atoms; several frames are refused in one line
+    from openmm.app import PDBFile
+
+    one = tmp_path / "one.pdb"
+    with open(one, "w") as fh:
+        PDBFile.writeFile(go.topology, go.native_positions, fh)
+    for model, out in ((path, "pt2.pdb"), (default_model_path(), "ts.pdb")):
+        assert main(["backmap", str(one), "-o", str(tmp_path / out), "--model", model, "--threads", "1"]) == 0
+    xyz = [PDBFile(str(tmp_path / out)).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+           for out in ("pt2.pdb", "ts.pdb")]
+    assert np.abs(xyz[0] - xyz[1]).max() < 2e-3
+    with pytest.raises(ValueError, match="several frames need the TorchScript"):
+        pt2.stream(torch.cat([ca, ca]), restype, segment, torch.zeros(0, 2, dtype=torch.long),
+                   torch.zeros(len(restype), 1, dtype=torch.long), torch.zeros(len(restype), 1),
+                   torch.zeros(len(restype), 4, 2), False)
 
 
 def test_same_seed_same_atoms_at_any_batch(backmapper, go):
