@@ -168,7 +168,6 @@ class Backmapper:
         self.settings = dict(settings or {})
         self.steps = None if steps is None else int(steps)
         self.max_batch_residues = int(max_batch_residues)
-        self._plans: dict = {}
         self._lock = threading.Lock()
 
     def with_settings(self, settings: dict) -> "Backmapper":

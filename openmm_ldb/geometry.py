@@ -649,12 +649,6 @@ def invert_apply_rigid(rotation: torch.Tensor, translation: torch.Tensor, points
     return torch.einsum("...ji,...pj->...pi", rotation, points - translation.unsqueeze(-2))
 
 
-def kabsch_rmsd_free(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """RMSD without superposition over masked points (Cα are given, so none is needed)."""
-    d2 = ((a - b) ** 2).sum(-1) * mask
-    return torch.sqrt(d2.sum() / mask.sum().clamp(min=1.0))
-
-
 def chirality_ok(atoms: torch.Tensor, restype: torch.Tensor, gly_index: int = GLY_INDEX) -> torch.Tensor:
     """[B, N] True where Cα is L (improper N-C-CB about CA positive in the PDB sense); GLY True."""
     cb = atoms[:, :, 4]

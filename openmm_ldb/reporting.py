@@ -53,12 +53,6 @@ def bond_system(system):
     return system_from_spec(bond_system_spec(system))
 
 
-def plan_accepts_system(backmapper) -> bool:
-    import inspect
-
-    return "system" in inspect.signature(backmapper.plan).parameters
-
-
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -156,11 +150,9 @@ class BackmapReporterBase(object):
 
     def _makePlan(self, cg_topology, positions, box, system=None):
         bm = self._getBackmapper()
-        kwargs = {"entry_point": "reporter"} if plan_accepts_system(bm) else {}  # errors say skipUnknown
-        if system is not None and kwargs:
-            kwargs["system"] = system
+        # errors name the reporter's options (skipUnknown, chainBreak)
         return bm.plan(cg_topology, positions, self._beadName, self._residues, self._skipUnknown, self._hydrogens,
-                       box_vectors=box, chain_break=self._chainBreak, **kwargs)
+                       box_vectors=box, chain_break=self._chainBreak, entry_point="reporter", system=system)
 
     def _makeRefiner(self, topology):
         if not self._minimize:

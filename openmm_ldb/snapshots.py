@@ -124,16 +124,6 @@ def pocket_residues(topology: Topology, positions, residue: int, radius=10.0 * u
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _pdb_ids(topology: Topology, keep_ids: bool) -> dict:
-    """residue -> (chain id, residue number string) as PDBFile.writeModel writes them."""
-    ids = {}
-    for c, chain in enumerate(topology.chains()):
-        chain_id = chain.id if keep_ids else chr(ord("A") + c % 26)
-        for r, res in enumerate(chain.residues()):
-            ids[res] = (chain_id[:1] or " ", str(res.id) if keep_ids else str((r + 1) % 10000))
-    return ids
-
-
 from .writers.common import ssbond_records  # noqa: E402,F401 - one SSBOND writer, re-exported here
 
 

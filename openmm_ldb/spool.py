@@ -454,17 +454,14 @@ def drain(path: str, follow: bool = False, control=None, device=None, threads: i
             ctl.wait(0.05)
         info = spool.topology
         torch.set_num_threads(int(threads or info.get("threads") or opts.get("threads") or 1))
-        from .reporting import plan_accepts_system, system_from_spec
+        from .reporting import system_from_spec
 
         system = info.get("system")
         if isinstance(system, dict):
             system = system_from_spec(system)
-        extra = {"entry_point": "reporter"} if plan_accepts_system(bm) else {}
-        if system is not None and extra:
-            extra["system"] = system
         plan = bm.plan(info["topology"], info["positions"], opts["bead_name"], opts["residues"],
                        opts["skip_unknown"], opts["hydrogens"], box_vectors=info.get("box"),
-                       chain_break=opts.get("chain_break"), **extra)
+                       chain_break=opts.get("chain_break"), entry_point="reporter", system=system)
         refiner = None
         if opts["minimize"]:
             from .refine import Refiner
