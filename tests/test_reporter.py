@@ -34,6 +34,7 @@ def _load(path, top):
     return mdtraj.load(path, top=top)
 
 
+@pytest.mark.shipped_weights
 def test_reporter_frames_match_cg_frames(go_sim, backmapper, tmp_path):
     go, sim = go_sim
     sim.reporters.append(DCDReporter(str(tmp_path / "cg.dcd"), 25))

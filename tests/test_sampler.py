@@ -217,6 +217,7 @@ def test_soft_cg_trace_gives_valid_chemistry(backmapper):
     assert kept["ca_shift"].max() == 0.0
 
 
+@pytest.mark.shipped_weights
 def test_native_trace_is_not_moved(backmapper, go):
     """A native trace needs no regularization: without the clash relaxation every Cα comes back
     as given; with it, only Cα of residues in contact move, a few, by less than its bound."""
@@ -427,6 +428,7 @@ def _close_pairs(atoms, mask, cutoff=2.2):
     return int(((d < cutoff) & far).sum()) // 2
 
 
+@pytest.mark.shipped_weights
 def test_torsion_relaxation_removes_clashes_and_keeps_bonds(go):
     """The relaxation (chi turns down an analytic gradient) leaves fewer clashing pairs than the
     rotamer choice alone on noisy Cα of the demo protein, with the same bonds (torsions only).
@@ -685,6 +687,7 @@ def _frame_metrics(atoms, mask, restype):
     return r["clashes"], r["ged"], r["bond_validity"]
 
 
+@pytest.mark.shipped_weights
 def test_backbone_relaxation_clears_a_compressed_go_frame():
     """A frame of a soft-bond Go model of protein G (tests/data, as the engine wrote it) keeps
     heavy-atom clashes when only side chains may move (five with the shipped weights); letting the
