@@ -426,9 +426,14 @@ class LDBReporter(BackmapReporterBase):
         return False
 
     def __del__(self):
+        # garbage collection does not wait for the worker (close() does): it is told to finish the
+        # frames it has, which it does on its own, as a separate process, and then exits
         try:
             if not self._closed and getattr(self, "_proc", None) is not None:
-                self.close()
+                self._closed = True
+                self._spool.close_writer()
+                self._proc.stdin.write(b"close\n")
+                self._proc.stdin.close()
         except Exception:  # noqa: BLE001
             pass
 

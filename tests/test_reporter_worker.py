@@ -420,3 +420,28 @@ def test_spool_files_run_no_code_when_read(tmp_path, tiny_model):
     with pytest.raises(ValueError, match="older openmm-ldb"):
         recover(str(crafted))
     assert not marker.exists()
+
+
+def test_garbage_collection_does_not_wait_for_the_worker(tmp_path, tiny_model):
+    """A reporter dropped without close() is collected at once (before, ``__del__`` waited for a
+    slow worker); the worker finishes the frames it has on its own and removes the spool."""
+    import gc
+
+    _, sim = _go_sim()
+    out = str(tmp_path / "aa.xtc")
+    rep = LDBReporter(out, 10, model=tiny_model, workerDelay=0.5, batchSize=2)
+    sim.reporters.append(rep)
+    rep.waitUntilReady()
+    sim.step(60)
+    spool_dir = rep.spoolPath
+    sim.reporters.clear()
+    t0 = time.perf_counter()
+    del rep
+    gc.collect()
+    assert time.perf_counter() - t0 < 0.5
+    for _ in range(600):
+        if not os.path.exists(spool_dir):
+            break
+        time.sleep(0.05)
+    assert not os.path.exists(spool_dir)
+    assert _steps(out, str(tmp_path / "aa.pdb")) == list(range(10, 70, 10))
