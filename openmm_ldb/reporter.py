@@ -117,7 +117,8 @@ class LDBReporter(BackmapReporterBase):
         maxQueue : int=None
             Ignored (frames wait on disk, not in a bounded queue); kept for old scripts.
         steps : int=None
-            Denoising steps of the sampler (default 4 for the best guess, 10 for samples).
+            DDIM steps of the sampler for samples (default 10); the best guess is one network pass
+            and ignores it.
         threads : int=None
             torch CPU threads of the worker.  By default the cores the simulation's platform
             leaves free: the number of usable cores minus the CPU platform's ``Threads`` (minus

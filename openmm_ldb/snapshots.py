@@ -271,7 +271,8 @@ class SnapshotReporter(BackmapReporterBase):
         digits : int=9
             Digits of the zero-padded step in the file names.
         steps : int=None
-            Denoising steps of the sampler (default 4 for the best guess, 10 for samples).
+            DDIM steps of the sampler for samples (default 10); the best guess is one network pass
+            and ignores it.
         maxDisulfide : float=2.2
             A disulfide whose SG–SG is longer than this (Å) in a snapshot is not declared in that
             file (no ``SSBOND``/``CONECT``; a ``REMARK`` names it): where the CG trace has pulled
