@@ -33,7 +33,8 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from openmm_ldb import cg, metrics
+from _results import write_result
+from openmm_ldb import cg
 from openmm_ldb import evaluate as ev
 from openmm_ldb import residues as rc
 from openmm_ldb.backmapper import Backmapper
@@ -86,14 +87,10 @@ def _run(topology, system, positions, frames: int, seed: int) -> tuple[np.ndarra
 
 
 def frame_scores(plan, aa_positions_nm: np.ndarray) -> dict:
-    """Reference-free scores of one backmapped frame (heavy atoms, OXT)."""
-    n = plan.mapping.n_residues
-    pred, present = ev.to_slots(plan.layout, aa_positions_nm * 10.0, n)
-    present[:, rc.NUM_HEAVY_SLOTS + 1:] = False
-    m = metrics.chain_metrics(pred, np.nan_to_num(pred), present, plan.mapping.restype, plan.segment,
-                              disulfides_true=plan.disulfides, pred_present=present)
-    return {"clashes_per_1000": m["clashes_per_1000"], "ged": m["ged"], "ged_added": m["ged_added"],
-            "ged_broken": m["ged_broken"], "bond_validity": m["bond_validity"]}
+    """Reference-free scores of one backmapped frame (heavy atoms, OXT): the plan's
+    :class:`~openmm_ldb.metrics.FrameCheck`, the definitions of ``metrics.chain_metrics``."""
+    figures = plan.frame_check.of_positions(aa_positions_nm * 10.0)
+    return {k: float(figures[k]) for k in ("clashes_per_1000", "ged", "ged_added", "ged_broken", "bond_validity")}
 
 
 def systems(chain, kind: str, seed: int):
@@ -200,10 +197,7 @@ def main():
               "split": a.split, "frames": a.frames, "interval": INTERVAL, "variants": variants,
               "coherent": not a.per_frame, "summary": summary, "rows": rows,
               "torch_threads": a.threads, "openmm": openmm.__version__}
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print("wrote", a.out)
+    write_result(a.out, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ default's ratio to the best ``--threads``.  Writes ``benchmarks/results/cli_spee
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 
 import numpy as np
 
+from _results import write_result
 from openmm_ldb import evaluate as ev
 from openmm_ldb import residues as rc
 
@@ -106,10 +106,7 @@ def main():
                   + f"  (default / best --threads {ms['default'] / best:.2f})", flush=True)
     out = {"command": "python benchmarks/cli_speed.py " + " ".join(sys.argv[1:]), "chains": len(chains),
            "residues": residues, "cpu_count": os.cpu_count(), "pulchra": have_pulchra, "results": results}
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(out, fh, indent=1)
-    print("wrote", a.out)
+    write_result(a.out, out)
 
 
 if __name__ == "__main__":

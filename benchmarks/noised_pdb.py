@@ -14,7 +14,6 @@ atoms, GED, bond validity, heavy-atom RMSD to the structure).  Writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import mdtraj
 import numpy as np
 from openmm.app import Element, PDBFile, Topology
 
+from _results import write_result
 from openmm_ldb import data, metrics
 from openmm_ldb import evaluate as ev
 from openmm_ldb import residues as rc
@@ -103,10 +103,7 @@ def main():
     result = {"command": "python benchmarks/noised_pdb.py " + " ".join(sys.argv[1:]), "noise": a.noise,
               "files": len(rows), "files_with_extra_chains": split, "mean": mean, "warnings": warnings,
               "cli_seconds": seconds, "rows": rows}
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print("wrote", a.out)
+    write_result(a.out, result)
 
 
 if __name__ == "__main__":

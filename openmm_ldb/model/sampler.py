@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from .. import geometry as geo
-from ..geometry import nearest_points
 from .. import residues as rc
 from .diffusion import alpha_bar, hash_normal
 from .features import gather_nodes, trace_quality
@@ -956,8 +955,8 @@ class Sampler(nn.Module):
         own = heavy[:, sel]
         # neighbours of every residue, then the rows of ``sel`` (a query of data-dependent size
         # would leave torch.export a cdist it cannot trace)
-        nb = nearest_points(centre, centre, kk + 1)[:, sel, 1:]               # [M, T, K], self dropped
-        bb_idx = nearest_points(centre, heavy[:, :, 1], kk + 1)[:, sel]       # [M, T, K+1]
+        nb = geo.nearest_points(centre, centre, kk + 1)[:, sel, 1:]               # [M, T, K], self dropped
+        bb_idx = geo.nearest_points(centre, heavy[:, :, 1], kk + 1)[:, sel]       # [M, T, K+1]
         bb_keep = (bb_idx != sel.view(1, t, 1)).to(heavy.dtype)
         w_sc = self.sc_heavy[rt][:, 5:].unsqueeze(0).expand(m, t, h - 5)          # [M, T, 9]
         nb_sc = gather_residues(heavy[:, :, 5:], nb).reshape(m, t, kk * (h - 5), 3)
@@ -991,7 +990,7 @@ class Sampler(nn.Module):
         m, n, h = heavy.shape[0], heavy.shape[1], self.num_heavy
         t = sel.shape[0]
         ke = geo.at_most(self.well_choice_env_neighbours, max(n - 1, 1))
-        nb = nearest_points(centre, centre, ke + 1)[:, sel, 1:]               # [M, T, Ke]
+        nb = geo.nearest_points(centre, centre, ke + 1)[:, sel, 1:]               # [M, T, Ke]
         rt = restype[sel]
         own_class = self.atom_class[rt][:, 5:h]                               # [T, 9]
         atom = torch.nonzero(own_class > 0)                                   # [A, 2] (residue, slot)
@@ -1081,8 +1080,8 @@ class Sampler(nn.Module):
         bb = heavy[:, :, :5]                                                  # N, CA, C, O, CB
         # neighbours by side-chain centre (clashing side chains can sit on distant Cα)
         centre = self.side_chain_centres(heavy, restype)
-        nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K], self dropped
-        bb_idx = nearest_points(centre, atoms[:, :, 1], kk + 1)               # [M, N, K+1]
+        nb = geo.nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K], self dropped
+        bb_idx = geo.nearest_points(centre, atoms[:, :, 1], kk + 1)               # [M, N, K+1]
         bb_keep = (bb_idx != pos).to(atoms.dtype)
         # [C, N]: turns larger than a residue's turn_limit are not offered (a coherent stream
         # keeps its rotamers)
@@ -1171,7 +1170,7 @@ class Sampler(nn.Module):
         heavy = self.tables.place_sidechains(atoms[:, :, :h].contiguous(), restype, angles, h, 0, -1)
         kk = geo.at_most(self.relax_neighbours, n - 1)
         centre = self.side_chain_centres(heavy, restype)
-        nb = nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K]
+        nb = geo.nearest_points(centre, centre, kk + 1)[..., 1:]                  # [M, N, K]
         movable = (~fixed) & (self.chi_exists[restype].sum(-1) > 0)
         cand = torch.nonzero(movable).squeeze(1)                              # [C]
         c = cand.shape[0]
@@ -1268,7 +1267,7 @@ class Sampler(nn.Module):
         step = self.rotor_step[restype]                                       # [N, 2]
         kk = geo.at_most(self.hydrogen_neighbours, n - 1)
         centre = self.side_chain_centres(atoms[:, :, :self.num_heavy], restype)
-        nb = nearest_points(centre, centre, kk + 1)[..., 1:]                 # [M, N, K]
+        nb = geo.nearest_points(centre, centre, kk + 1)[..., 1:]                 # [M, N, K]
         nb_mask = atom_mask[nb]                                                # [M, N, K, S]
         h_ok = (rot[:, :, 2:] >= 0).to(atoms.dtype)                            # [N, 2, 3]
         idx = rot.clamp(min=0).view(1, n, 10, 1).expand(m, n, 10, 3)
